@@ -1,0 +1,72 @@
+"""The `medinvert` command line.
+
+Each sub-command lives in its own module ``medinvert/cli/<name>.py`` exposing
+
+    def add_parser(subparsers) -> argparse.ArgumentParser   # registers the sub-command
+    def run(args: argparse.Namespace) -> int                 # does the work, returns exit code
+
+and is listed in `COMMANDS` below.  Exit codes: 0 success, 2 user / input error (one line on stderr,
+no traceback), 1 internal error.  Modules are imported lazily so `medinvert --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from medinvert.errors import MedinvertError
+
+#: Sub-command name -> module (relative to this package).  Only commands that work are listed.
+#: Command modules must import heavy dependencies (torch, monai) inside `run`, not at module level.
+COMMANDS: dict[str, str] = {
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors exit with code 2 and one line (argparse's own convention)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered sub-command."""
+    from medinvert import __version__
+
+    parser = _Parser(prog="medinvert", description="Exactly invertible diffusion reconstruction of MRI volumes.")
+    parser.add_argument("--version", action="version", version=f"medinvert {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"medinvert.cli.{module_name}")
+        sub_parser = module.add_parser(sub)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except MedinvertError as exc:
+        print(f"medinvert {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"medinvert {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # internal error: one line, traceback only on request
+        if os.environ.get("MEDINVERT_DEBUG"):
+            traceback.print_exc()
+        print(f"medinvert {args.command}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(set MEDINVERT_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+def console_main() -> None:  # pragma: no cover - thin wrapper
+    sys.exit(main())
