@@ -1,0 +1,98 @@
+"""Atomic file output: write to a temporary file next to the target, then `os.replace` it into place.
+
+A reader (or a crashed run) never sees a half-written output: either the old file (or nothing) is
+there, or the complete new one.  The temporary file lives in the *same folder* as the target, so the
+final `os.replace` is an atomic rename on the same file system, and it keeps the target's suffix
+(``.nii.gz`` included), so libraries that choose the format from the file name (nibabel) write the
+right thing.  Temporary names start with a dot (``.<stem>.tmp-XXXXXXXX<suffix>``) so folder scans
+(`medinvert.io.find_cases`) skip them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from medinvert.errors import MedinvertError
+
+__all__ = ["atomic_write_path", "atomic_write_bytes", "atomic_write_text", "split_suffix"]
+
+#: multi-part suffixes recognised when naming temporary files (longest first)
+_MULTI_SUFFIXES = (".nii.gz", ".tar.gz", ".json.gz", ".npy.gz")
+
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """Split a file name into (stem, suffix), treating ``.nii.gz`` and friends as one suffix.
+
+    >>> split_suffix("brain.nii.gz")
+    ('brain', '.nii.gz')
+    >>> split_suffix("report.json")
+    ('report', '.json')
+    """
+    lower = name.lower()
+    for suffix in _MULTI_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    stem, suffix = os.path.splitext(name)
+    return stem, suffix
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success rename it onto ``path``.
+
+    Usage::
+
+        with atomic_write_path(out) as tmp:
+            nibabel.save(image, tmp)      # write the complete file to tmp
+        # here `out` exists and is complete
+
+    On an exception inside the block the temporary file is removed and ``path`` is left untouched
+    (an existing file is neither truncated nor replaced).  The final file gets the usual permissions
+    (0o666 masked by the process umask), not the 0o600 of `tempfile.mkstemp`.  The target's folder
+    must exist (raises `MedinvertError` otherwise).
+    """
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise MedinvertError("output folder does not exist", path=folder)
+    if target.is_dir():
+        raise MedinvertError("output path is a folder, expected a file name", path=target)
+    stem, suffix = split_suffix(target.name)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise MedinvertError("nothing was written to the temporary output file", path=target)
+        with open(tmp, "rb") as handle:  # flush to disk before the rename makes it visible
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``Path(path)``."""
+    target = Path(path)
+    with atomic_write_path(target) as tmp:
+        tmp.write_bytes(data)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (newlines written as given); returns ``Path(path)``."""
+    return atomic_write_bytes(path, text.encode(encoding))

@@ -1,0 +1,218 @@
+"""DICOM loading: slice order from geometry, the affine against the DICOM pixel-position equation,
+series selection, single and multi-frame files, and broken inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from medinvert.errors import MedinvertError
+from medinvert.io import list_dicom_series, load_volume, require_volume
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _world_ras(spec, slice_index: int, row: int, col: int) -> np.ndarray:
+    """DICOM PS3.3 eq. C.7.6.2.1-1: P = IPP + col * dcol * X + row * drow * Y (LPS), then flip x, y."""
+    row_cosine, col_cosine = spec.orientation[:3], spec.orientation[3:]
+    row_spacing, col_spacing = spec.pixel_spacing
+    lps = spec.positions[slice_index] + col * col_spacing * row_cosine + row * row_spacing * col_cosine
+    return LPS_TO_RAS @ lps
+
+
+def test_shuffled_series_matches_geometry(dicom_series) -> None:
+    volume = load_volume(dicom_series.folder)
+    n = len(dicom_series.files)
+    assert tuple(volume.shape) == (12, 10, n) and volume.dtype == torch.float32
+    # data: voxel (i, j, k) = column i, row j of the k-th slice along the normal, rescaled
+    assert np.array_equal(volume.numpy(), dicom_series.expected_volume)
+    affine = volume.affine.numpy()
+    for k in range(n):
+        for row, col in [(0, 0), (9, 0), (0, 11), (4, 7)]:
+            predicted = affine @ np.array([col, row, k, 1.0])
+            assert np.allclose(predicted[:3], _world_ras(dicom_series, k, row, col), atol=1e-4)
+    assert np.allclose(volume.meta["spacing"], (1.1, 0.9, 2.5), atol=1e-4)
+    assert volume.meta["source_format"] == "dicom"
+    assert volume.meta["series_uid"] == dicom_series.series_uid
+    assert volume.meta["stored_dtype"] == "int16"
+
+
+def test_shuffled_and_ordered_series_load_identically(dicom_series, make_dicom_series, tmp_path: Path) -> None:
+    ordered = make_dicom_series(tmp_path / "ordered", shuffle=False, seed=0)
+    assert sorted(p.name for p in ordered.files) == [p.name for p in ordered.files]
+    assert [p.name for p in dicom_series.files] != sorted(p.name for p in dicom_series.files)
+    a, b = load_volume(dicom_series.folder), load_volume(ordered.folder)
+    assert np.array_equal(a.numpy(), b.numpy())
+    assert np.array_equal(a.affine.numpy(), b.affine.numpy())
+
+
+def test_slices_sorted_along_normal_not_by_name(make_dicom_series, tmp_path: Path) -> None:
+    """Whatever the normal's sign relative to the axes, slice k+1 lies one step along +normal."""
+    spec = make_dicom_series(tmp_path / "tilted", angle_deg=160.0, axis=(1.0, 0.2, 0.1), seed=4)
+    affine = load_volume(spec.folder).affine.numpy()
+    normal = np.cross(spec.orientation[:3], spec.orientation[3:])
+    step_lps = LPS_TO_RAS @ affine[:3, 2]
+    assert np.allclose(step_lps, 2.5 * normal, atol=1e-4)
+    assert np.linalg.det(affine[:3, :3]) > 0
+
+
+def test_two_series_error_lists_both_and_uid_selects(two_series_folder) -> None:
+    with pytest.raises(MedinvertError) as info:
+        load_volume(two_series_folder.folder)
+    message = str(info.value)
+    assert "\n" not in message and str(two_series_folder.folder) in message
+    for spec in two_series_folder.series:
+        assert f"{spec.series_uid} ({len(spec.files)} slices" in message
+    for spec in two_series_folder.series:
+        volume = load_volume(two_series_folder.folder, series_uid=spec.series_uid)
+        assert np.array_equal(volume.numpy(), spec.expected_volume)
+        assert volume.meta["series_uid"] == spec.series_uid
+    with pytest.raises(MedinvertError, match="no DICOM series 9.9.9"):
+        load_volume(two_series_folder.folder, series_uid="9.9.9")
+
+
+def test_list_dicom_series(two_series_folder) -> None:
+    found = list_dicom_series(two_series_folder.folder)
+    assert [s.series_uid for s in found] == sorted(two_series_folder.uids)
+    by_uid = {s.series_uid: s for s in found}
+    for spec in two_series_folder.series:
+        info = by_uid[spec.series_uid]
+        assert info.n_slices == len(spec.files) and info.description == spec.description
+        assert set(info.files) == set(spec.files)
+
+
+def test_single_dicom_file(dicom_series) -> None:
+    k = 3
+    volume = load_volume(dicom_series.files[k])
+    assert tuple(volume.shape) == (12, 10, 1)
+    assert np.array_equal(volume.numpy()[:, :, 0], dicom_series.expected_volume[:, :, k])
+    affine = volume.affine.numpy()
+    assert np.allclose((affine @ [5, 4, 0, 1])[:3], _world_ras(dicom_series, k, 4, 5), atol=1e-4)
+    assert np.isclose(volume.meta["spacing"][2], 2.5)  # from SpacingBetweenSlices
+    with pytest.raises(MedinvertError, match="2D image"):
+        require_volume(volume)
+    with pytest.raises(MedinvertError, match="not the requested"):
+        load_volume(dicom_series.files[k], series_uid="1.2.3")
+
+
+def _enhanced_multiframe(path: Path, spec, frame_order: np.ndarray) -> Path:
+    """An Enhanced-MR-like multi-frame file holding the series' slices in ``frame_order``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    enhanced_mr = "1.2.840.10008.5.1.4.1.1.4.1"
+    sop = generate_uid(entropy_srcs=["multiframe"])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = enhanced_mr
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = enhanced_mr, sop, "MR"
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["multiframe-series"])
+    orientation, measures, transform = Dataset(), Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [f"{v:.8f}" for v in spec.orientation]
+    measures.PixelSpacing = [f"{v:g}" for v in spec.pixel_spacing]
+    measures.SliceThickness = "2.5"
+    transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = "2", "-100", "US"
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PixelValueTransformationSequence = Sequence([transform])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for k in frame_order:
+        position, group = Dataset(), Dataset()
+        position.ImagePositionPatient = [f"{v:.6f}" for v in spec.positions[k]]
+        group.PlanePositionSequence = Sequence([position])
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.set_pixel_data(spec.pixels[frame_order], photometric_interpretation="MONOCHROME2", bits_stored=16)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_multiframe_file_sorted_by_position(dicom_series, tmp_path: Path) -> None:
+    order = np.random.default_rng(5).permutation(len(dicom_series.files))
+    path = _enhanced_multiframe(tmp_path / "enhanced.dcm", dicom_series, order)
+    volume = load_volume(path)
+    reference = load_volume(dicom_series.folder)
+    assert np.array_equal(volume.numpy(), reference.numpy())
+    assert np.allclose(volume.affine.numpy(), reference.affine.numpy(), atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def test_dicom_without_pixel_data(dicom_series, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(dicom_series.files[0])
+    del ds.PixelData
+    path = tmp_path / "nopixels.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(MedinvertError, match="no pixel data") as info:
+        load_volume(path)
+    assert str(path) in str(info.value)
+    folder = tmp_path / "with_bad"
+    folder.mkdir()
+    path.rename(folder / "nopixels.dcm")
+    with pytest.raises(MedinvertError, match="no pixel data"):
+        load_volume(folder)
+
+
+def test_non_dicom_bytes_named_dcm(tmp_path: Path) -> None:
+    path = tmp_path / "fake.dcm"
+    path.write_bytes(b"definitely not DICOM " * 20)
+    with pytest.raises(MedinvertError, match="not a DICOM image file") as info:
+        load_volume(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_file_type(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello " * 50)
+    with pytest.raises(MedinvertError, match="not a DICOM image file.*NIfTI"):
+        load_volume(path)
+
+
+def test_non_image_files_in_series_folder_are_ignored(dicom_series) -> None:
+    (dicom_series.folder / "README.txt").write_text("acquired on a phantom")
+    (dicom_series.folder / ".DS_Store").write_bytes(b"\x00\x01")
+    assert np.array_equal(load_volume(dicom_series.folder).numpy(), dicom_series.expected_volume)
+
+
+def test_duplicate_positions_refused(dicom_series) -> None:
+    ds = pydicom.dcmread(dicom_series.files[2])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["dup"])
+    ds.save_as(dicom_series.folder / "echo2.dcm", enforce_file_format=True)
+    with pytest.raises(MedinvertError, match="same position"):
+        load_volume(dicom_series.folder)
+
+
+def test_missing_slice_refused(dicom_series) -> None:
+    dicom_series.files[4].unlink()
+    with pytest.raises(MedinvertError, match="non-uniform slice spacing"):
+        load_volume(dicom_series.folder)
+
+
+def test_mixed_orientation_refused(dicom_series) -> None:
+    ds = pydicom.dcmread(dicom_series.files[1])
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.save_as(dicom_series.files[1], enforce_file_format=True)
+    with pytest.raises(MedinvertError, match="different ImageOrientationPatient"):
+        load_volume(dicom_series.folder)
+
+
+def test_absurd_matrix_refused_before_reading_pixels(dicom_series, tmp_path: Path) -> None:
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    for k, path in enumerate(dicom_series.files[:2]):
+        ds = pydicom.dcmread(path)
+        ds.Rows, ds.Columns = 65535, 65535  # pixel data stays small: must be refused from the header
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+    with pytest.raises(MedinvertError, match="limit"):
+        load_volume(folder)
