@@ -5,6 +5,8 @@ The public surface is small and imported lazily (so `import medinvert` and the C
     load_volume, save_volume, find_cases        -- medinvert.io
     corrupt                                     -- medinvert.transforms
     psnr, ssim, nmse                            -- medinvert.metrics
+    load_model                                  -- medinvert.models.registry
+    invert, generate, Latent                    -- medinvert.inversion, medinvert.latent
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ _EXPORTS: dict[str, str] = {
     "psnr": "medinvert.metrics",
     "ssim": "medinvert.metrics",
     "nmse": "medinvert.metrics",
+    "load_model": "medinvert.models.registry",
+    "invert": "medinvert.inversion",
+    "generate": "medinvert.inversion",
+    "Latent": "medinvert.latent",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -23,6 +23,13 @@ from medinvert.errors import MedinvertError
 #: Sub-command name -> module (relative to this package).  Only commands that work are listed.
 #: Command modules must import heavy dependencies (torch, monai) inside `run`, not at module level.
 COMMANDS: dict[str, str] = {
+    "info": "info",
+    "train": "train",
+    "convert": "convert",
+    "corrupt": "corrupt",
+    "invert": "invert",
+    "generate": "generate",
+    "roundtrip": "roundtrip",
 }
 
 

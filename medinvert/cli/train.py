@@ -1,0 +1,60 @@
+"""`medinvert train DATA --modality M --steps N --out CKPT [--resume]` (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train a conditional noise predictor on a data folder",
+                              description="Train the Lipschitz conditional UNet on the volumes of one modality "
+                                          "under DATA (cases listed as held out in DATA/split.json are skipped). "
+                                          "Run under `torchrun --nproc_per_node=N -m medinvert train ...` for DDP.")
+    p.add_argument("data", help="folder of cases (BraTS layout, NIfTI files, DICOM series)")
+    p.add_argument("--modality", required=True, choices=["t1", "t1ce", "t2", "flair", "all"],
+                   help="modality to train on; 'all' pools the four (a multi-contrast base model)")
+    p.add_argument("--dim", default="2d", choices=["2d", "2.5d", "3d"])
+    p.add_argument("--steps", type=int, required=True, help="total optimisation steps")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
+    p.add_argument("--init", default=None, help="start from this checkpoint's (EMA) weights (fine-tuning)")
+    p.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
+    p.add_argument("--crop", type=int, default=96, help="training crop size (pixels)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--channels", default=None,
+                   help="feature channels per UNet level, comma separated (default 32,64,128)")
+    p.add_argument("--lipschitz-penalty", type=float, default=0.0, help="weight lambda of the Lipschitz hinge")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads per process")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from medinvert.train import TrainConfig, init_distributed, shutdown_distributed, train
+
+    from medinvert.errors import MedinvertError
+    from medinvert.train import DEFAULT_ARCHITECTURE
+
+    architecture = dict(DEFAULT_ARCHITECTURE)
+    if args.channels:
+        try:
+            architecture["channels"] = [int(c) for c in args.channels.split(",")]
+        except ValueError:
+            raise MedinvertError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
+    config = TrainConfig(architecture=architecture, data=args.data, modality=args.modality, out=args.out, steps=args.steps, dim=args.dim,
+                         batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                         lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,
+                         seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup)
+    config.validate()
+    context = init_distributed(args.device)
+    try:
+        path = train(config, context, resume=args.resume, progress=not args.no_progress)
+    finally:
+        shutdown_distributed(context)
+    if context.is_main:
+        print(path)
+    return 0

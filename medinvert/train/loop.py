@@ -1,0 +1,286 @@
+"""The training loop: eps-prediction loss (+ optional Lipschitz penalty), AdamW, EMA, checkpoints.
+
+Objective (Ho et al. 2020, eq. 14, in continuous time): for a clean normalised slice ``x0``, time
+``t ~ U(1/N, 1)`` and noise ``eps ~ N(0, I)``,
+
+    x_t = sqrt(abar(t)) x0 + sqrt(1 - abar(t)) eps,
+    loss = || eps_theta([x_t, A^H y], t, c) - eps ||^2  +  lambda * penalty,
+
+where ``A^H y`` (adjoint image) and the descriptor ``c`` come from a random corruption of ``x0``;
+with probability ``cond_dropout`` both are dropped (the adjoint channel zeroed, ``c`` replaced by the
+learned null embedding), which trains the unconditional model used by classifier-free guidance.
+The optional penalty is a hinge on a finite-difference Lipschitz ratio of the network in x
+(``max(0, ||f(x+d) - f(x)|| / ||d|| - target)^2`` for a small random ``d``).
+
+Reproducibility: the sample at global index ``i`` depends only on ``(seed, i)`` (see
+`medinvert.train.data`), the noise and times of step ``s`` only on ``(seed, s, rank)``, so a resumed
+run repeats an uninterrupted one.  Checkpoints (rank 0, atomic) every ``checkpoint_every`` steps and
+on exit; a JSON-lines log gets one record per ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from medinvert.errors import MedinvertError
+from medinvert.intensity import FOREGROUND_FRACTION, PERCENTILE
+from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
+from medinvert.models.unet import LipschitzUNet
+from medinvert.operators import DESCRIPTOR_LENGTH
+from medinvert.schedule import Schedule, make_schedule
+from medinvert.train.data import TRAINABLE_MODALITIES, SliceSamples, load_training_volumes
+from medinvert.train.distributed import DistContext
+
+__all__ = ["TrainConfig", "train"]
+
+#: default architecture of the shipped models (lean enough for a CPU; see docs/models.md)
+DEFAULT_ARCHITECTURE: dict[str, Any] = {
+    "channels": [32, 64, 128], "blocks_per_level": 1, "mid_blocks": 1, "patch": 2,
+    "n_cond_channels": 1, "descriptor_dim": DESCRIPTOR_LENGTH, "spectral_norm": True,
+    "sn_target": 1.0,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (stored in the checkpoint's config)."""
+
+    data: str
+    modality: str
+    out: str
+    steps: int = 2000
+    dim: str = "2d"
+    batch_size: int = 16
+    crop: int = 96
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    ema_decay: float = 0.999
+    cond_dropout: float = 0.1
+    lipschitz_penalty: float = 0.0
+    lipschitz_target: float = 10.0
+    schedule: str = "linear"
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 10
+    threads: int = 2
+    init: str | None = None
+    architecture: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARCHITECTURE))
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise MedinvertError(f"--steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1 or self.crop < 16:
+            raise MedinvertError(f"batch size must be >= 1 and crop >= 16 (got {self.batch_size}, {self.crop})")
+        if self.modality not in (*TRAINABLE_MODALITIES, "all"):
+            raise MedinvertError(f"unknown modality {self.modality!r}; valid: {', '.join(TRAINABLE_MODALITIES)}, all")
+        if self.dim != "2d":
+            raise MedinvertError(f"training is implemented for --dim 2d only (got {self.dim!r})")
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _lipschitz_penalty(model: torch.nn.Module, net_in: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                       eps_out: torch.Tensor, target: float, generator: torch.Generator) -> torch.Tensor:
+    """Hinge on the finite-difference ratio ||f(x + d) - f(x)|| / ||d|| per sample (d only on x_t)."""
+    direction = torch.zeros_like(net_in)
+    direction[:, :1] = torch.randn(net_in[:, :1].shape, generator=generator)
+    direction = direction * (1e-2 / direction.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+    moved = model(net_in + direction, t, cond)
+    ratio = (moved - eps_out).flatten(1).norm(dim=1) / direction.flatten(1).norm(dim=1)
+    return F.relu(ratio - target).pow(2).mean()
+
+
+def diffusion_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], schedule: Schedule,
+                   generator: torch.Generator, *, cond_dropout: float = 0.1, lipschitz_penalty: float = 0.0,
+                   lipschitz_target: float = 10.0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The training objective of the module docstring for one batch of `SliceSamples`.
+
+    ``batch``: ``x0, adjoint (B, 1, H, W)``, ``descriptor (B, K)``.  Times, noise and condition
+    dropout are drawn from ``generator`` (CPU), so a fixed generator gives a fixed loss.
+    """
+    x0 = batch["x0"].to(device)
+    adjoint = batch["adjoint"].to(device)
+    cond = batch["descriptor"].to(device)
+    n = x0.shape[0]
+    t_min = 1.0 / schedule.num_train_timesteps
+    t = t_min + torch.rand(n, generator=generator, dtype=torch.float64) * (1 - t_min)
+    abar = schedule.abar(t).to(torch.float32).view(-1, 1, 1, 1).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    dropped = (torch.rand(n, generator=generator) < cond_dropout).to(device)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    net_in = torch.cat([x_t, adjoint * (~dropped).view(-1, 1, 1, 1)], dim=1)
+    t32 = t.to(torch.float32).to(device)
+    eps_pred = net(net_in, t32, cond, cond_drop=dropped)
+    loss = F.mse_loss(eps_pred, noise)
+    if lipschitz_penalty > 0:
+        loss = loss + lipschitz_penalty * _lipschitz_penalty(
+            lambda a, b, c: net(a, b, c, cond_drop=dropped), net_in, t32, cond, eps_pred, lipschitz_target, generator)
+    return loss
+
+
+def replica_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (identifies the exact weights of a replica)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_replicas_agree(model: torch.nn.Module, context: DistContext) -> list[str]:
+    """All ranks' `replica_digest`; raises RuntimeError when DDP replicas diverged."""
+    digest = replica_digest(model)
+    if not context.active:
+        return [digest]
+    digests: list[str] = [""] * context.world_size
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP replicas diverged: weight digests {digests}")
+    return digests
+
+
+def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """EMA of floating-point parameters; buffers (spectral-norm power-iteration vectors) are copied."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in model.state_dict().items():
+            if name in params and value.is_floating_point():
+                ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+            else:
+                ema[name].copy_(value)
+
+
+def _checkpoint_config(config: TrainConfig, case_ids: list[str], schedule_config: dict[str, Any],
+                       step: int, seconds: float, last_loss: float | None) -> dict[str, Any]:
+    return {
+        "modality": config.modality,
+        "prediction": "eps",
+        "schedule": schedule_config,
+        "normalisation": {"kind": "robust_scale", "percentile": PERCENTILE,
+                          "foreground_fraction": FOREGROUND_FRACTION, "computed_on": "adjoint A^H y"},
+        "conditioning": {"descriptor_dim": DESCRIPTOR_LENGTH, "channels": ["adjoint_real"]},
+        "data": {"root": str(config.data), "cases": case_ids, "crop": config.crop},
+        "training": {**{k: v for k, v in asdict(config).items() if k not in ("architecture",)},
+                     "completed_steps": step, "seconds": round(seconds, 1), "final_loss": last_loss},
+    }
+
+
+def train(config: TrainConfig, context: DistContext, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or, with ``resume``, continue) training as in the module docstring; returns the checkpoint.
+
+    An existing ``config.out`` without ``resume`` is refused (never overwritten).
+    """
+    config.validate()
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
+    out = Path(config.out)
+    schedule = make_schedule(config.schedule)
+    volumes, case_ids = load_training_volumes(config.data, config.modality)
+
+    torch.manual_seed(config.seed)
+    model = LipschitzUNet(dim=config.dim, **config.architecture).to(context.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.init is not None and not (resume and out.exists()):
+        initial = read_checkpoint(config.init)  # fine-tuning: start from another run's EMA weights
+        if initial["config"].get("architecture") != model.config:
+            raise MedinvertError("--init checkpoint has a different architecture", config.init)
+        model.load_state_dict(initial.get("ema_state", initial["state_dict"]))
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_step, elapsed = 0, 0.0
+    if out.exists() and not resume:
+        raise MedinvertError("checkpoint exists; pass --resume to continue it or choose another --out", out)
+    if resume and out.exists():
+        payload = read_checkpoint(out)
+        if payload["config"].get("architecture") != model.config:
+            raise MedinvertError("cannot resume: checkpoint architecture differs from this run's", out)
+        model.load_state_dict(payload["state_dict"])
+        ema = {k: v.clone() for k, v in payload.get("ema_state", payload["state_dict"]).items()}
+        if "optimizer_state" in payload:
+            optimizer.load_state_dict(payload["optimizer_state"])
+        start_step = int(payload["step"])
+        elapsed = float(payload["config"].get("training", {}).get("seconds", 0.0))
+    if start_step >= config.steps:
+        return out
+
+    net = DistributedDataParallel(model) if context.active else model
+    remaining = config.steps - start_step
+    per_step = config.batch_size * context.world_size
+    dataset = SliceSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
+                           first_index=start_step * per_step)
+    sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False,
+                                 drop_last=True)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=0)
+
+    log_path = out.with_suffix(".log.jsonl")
+    log_file = log_path.open("a") if context.is_main else None
+    bar = None
+    if progress and context.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=config.steps, initial=start_step, desc=f"train {config.modality}", unit="step")
+    step, last_loss, started = start_step, None, time.perf_counter()
+
+    def write_checkpoint() -> None:
+        if context.is_main:
+            seconds = elapsed + time.perf_counter() - started
+            save_checkpoint(out, model, _checkpoint_config(config, case_ids, schedule.config, step, seconds, last_loss),
+                            ema_state=ema, optimizer_state=optimizer.state_dict(), step=step)
+
+    try:
+        model.train()
+        for batch in loader:
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1009 + context.rank)
+            loss = diffusion_loss(net, batch, schedule, generator, cond_dropout=config.cond_dropout,
+                                  lipschitz_penalty=config.lipschitz_penalty,
+                                  lipschitz_target=config.lipschitz_target, device=context.device)
+            lr = _learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            _ema_update(ema, model, config.ema_decay)
+            step += 1
+            last_loss = float(loss.detach())
+            if not math.isfinite(last_loss):
+                raise MedinvertError(f"training diverged at step {step} (loss {last_loss})", out)
+            if log_file is not None and (step % config.log_every == 0 or step == config.steps):
+                log_file.write(json.dumps({"step": step, "loss": last_loss, "lr": lr,
+                                           "seconds": round(elapsed + time.perf_counter() - started, 2)}) + "\n")
+                log_file.flush()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                write_checkpoint()
+        digests = _check_replicas_agree(model, context)
+        if log_file is not None:
+            log_file.write(json.dumps({"step": step, "replica_digests": digests}) + "\n")
+    finally:
+        if step > start_step:
+            write_checkpoint()
+        if bar is not None:
+            bar.close()
+        if log_file is not None:
+            log_file.close()
+    return out
