@@ -1,10 +1,11 @@
 """Forward-pass speed of the Lipschitz UNet on CPU (eval mode, no grad).
 
-Prints a Markdown table: median wall time over ``--runs`` timed calls (after ``--warmup`` calls) for
-a 240 x 240 slice at batch 1 and batch 8 (per slice), for the 2D, 2.5D and 3D-patch variants, with
-spectral normalisation parametrized (power-iteration vectors reused in eval mode), parametrized
-inside `torch.nn.utils.parametrize.cached()`, frozen (`freeze_spectral_norm`), and without spectral
-normalisation.  Run from the repository root::
+Prints a Markdown table: median wall time over ``--runs`` timed calls (after ``--warmup`` calls;
+all cases are measured round-robin) for a 240 x 240 slice at batch 1 and batch 8 (per slice), for
+the 2D, 2.5D and 3D-patch variants, with spectral normalisation parametrized (eval mode: the stored
+power-iteration vectors are reused, each weight is normalised once per forward pass -- which is
+also all `torch.nn.utils.parametrize.cached()` saves when a forward pass uses each weight once),
+frozen (`freeze_spectral_norm`), and without spectral normalisation.  From the repository root::
 
     python benchmarks/model_speed.py --threads 2 --runs 20
 """
@@ -12,15 +13,14 @@ normalisation.  Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import os
 import platform
 import statistics
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
-from torch.nn.utils import parametrize
 
 from medinvert.models import LipschitzUNet, freeze_spectral_norm
 
@@ -31,20 +31,22 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def time_ms(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, float]:
-    """(median, min) wall time of ``fn()`` in ms over ``runs`` calls after ``warmup`` calls.
+def interleaved_times(cases: list[Callable[[], object]], runs: int, warmup: int) -> list[list[float]]:
+    """Wall times (ms) of every case, measured round-robin: run r times case 0, 1, 2, ... once each.
 
-    The median is the reported figure; the minimum shows what an uncontended run reaches when the
-    machine's cores are shared with other jobs.
+    Interleaving spreads any burst of load from other processes on a shared machine evenly over
+    the cases, so their ratios stay fair even when absolute times are disturbed.
     """
-    for _ in range(warmup):
-        fn()
-    times = []
+    for fn in cases:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in cases]
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times), 1e3 * min(times)
+        for fn, bucket in zip(cases, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def make_input(model: LipschitzUNet, batch: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
@@ -53,11 +55,6 @@ def make_input(model: LipschitzUNet, batch: int, shape: tuple[int, ...]) -> tupl
     t = torch.rand(batch, generator=gen)
     cond = torch.randn(batch, model.descriptor_dim, generator=gen)
     return x, t, cond
-
-
-@contextlib.contextmanager
-def nothing() -> Iterator[None]:
-    yield
 
 
 def main() -> None:
@@ -69,32 +66,41 @@ def main() -> None:
     parser.add_argument("--patch3d", type=int, nargs=3, default=(32, 64, 64), help="3D patch D H W")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"median of {args.runs} runs after {args.warmup} warm-up calls\n")
-    print("| variant | input | params | mode | batch 1 median (ms) | batch 1 min (ms) | batch 8 median (ms / item) |")
-    print("|---|---|---|---|---|---|---|")
+    load_before = os.getloadavg()[0]
+    rows: list[tuple[str, str, str, str]] = []
+    cases: list[Callable[[], object]] = []
     for name, kwargs in VARIANTS.items():
         torch.manual_seed(0)
         shape = tuple(args.patch3d) if kwargs["dim"] == "3d" else (args.size, args.size)
         base = LipschitzUNet(**kwargs).eval()
         plain = LipschitzUNet(**kwargs, spectral_norm=False).eval()
         n_params = sum(p.numel() for p in base.parameters())
-        modes: list[tuple[str, torch.nn.Module, Callable[[], contextlib.AbstractContextManager]]] = [
-            ("SN parametrized", base, nothing),
-            ("SN cached()", base, parametrize.cached),
-            ("SN frozen", freeze_spectral_norm(copy.deepcopy(base)), nothing),
-            ("no SN", plain, nothing),
+        modes = [
+            ("SN parametrized", base),
+            ("SN frozen", freeze_spectral_norm(copy.deepcopy(base))),
+            ("no SN", plain),
         ]
-        for mode, model, ctx in modes:
-            cells = []
+        for mode, model in modes:
+            size = "x".join(str(s) for s in shape)
+            rows.append((name, f"{model.in_channels}x{size}", f"{n_params / 1e6:.2f} M", mode))
             for batch in (1, 8):
                 x, t, cond = make_input(model, batch, shape)
-                with torch.inference_mode(), ctx():
-                    median, fastest = time_ms(lambda: model(x, t, cond), args.runs, args.warmup)
-                cells += [f"{median / batch:.1f}", f"{fastest / batch:.1f}"]
-            size = "x".join(str(s) for s in shape)
-            print(f"| {name} | {model.in_channels}x{size} | {n_params / 1e6:.2f} M | {mode} | {cells[0]} | {cells[1]} "
-                  f"| {cells[2]} |")
+
+                def case(model=model, x=x, t=t, cond=cond) -> None:  # noqa: ANN001
+                    with torch.inference_mode():
+                        model(x, t, cond)
+
+                cases.append(case)
+    times = interleaved_times(cases, args.runs, args.warmup)
+    print(f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; median (and min) of "
+          f"{args.runs} interleaved runs after {args.warmup} warm-up calls\n")
+    print("| variant | input | params | mode | batch 1 median (ms) | batch 1 min (ms) | batch 8 median (ms / slice) |")
+    print("|---|---|---|---|---|---|---|")
+    for i, row in enumerate(rows):
+        one, eight = times[2 * i], times[2 * i + 1]
+        print(f"| {' | '.join(row)} | {statistics.median(one):.1f} | {min(one):.1f} | "
+              f"{statistics.median(eight) / 8:.1f} |")
 
 
 if __name__ == "__main__":

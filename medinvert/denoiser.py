@@ -8,7 +8,11 @@ Solvers never see a network (k-diffusion's idea, Karras et al. 2022 sec. 3): the
 2. optional extra conditioning channels (e.g. the adjoint image ``A^H y``) are concatenated to ``x``;
 3. the network ``net(x, t, cond) -> out`` runs on fixed slice batches, in its own dtype;
 4. ``out`` is converted to ``eps`` (``prediction`` = ``"eps"`` | ``"x0"`` | ``"v"``, Salimans & Ho
-   2022, ``v = sqrt(abar) eps - sqrt(1 - abar) x0``) in the dtype of ``xbar``;
+   2022, ``v = sqrt(abar) eps - sqrt(1 - abar) x0``) in the dtype of ``xbar``.  ``"v_adjoint"`` is
+   v-prediction with a skip from the first extra channel ``a`` (the adjoint image):
+   ``v = out - sqrt(1 - abar) a``, i.e. the network predicts v relative to the guess ``x0 = a``
+   (which dominates at high noise; the skip vanishes as ``abar -> 1``).  Without extra channels, or
+   in the unconditional branch whose extra channels are zeros, it is plain v;
 5. classifier-free guidance (Ho & Salimans 2022): ``eps = eps_null + w (eps_cond - eps_null)``.
 
 Mutation: the three counters (`nfe`, `calls`, `forward_calls`) are the only state that changes;
@@ -29,7 +33,7 @@ from medinvert.schedule import Schedule
 __all__ = ["PREDICTIONS", "Denoiser", "network_dtype"]
 
 #: Network output parameterisations understood by `Denoiser`.
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "v_adjoint")
 
 Network = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -199,6 +203,11 @@ class Denoiser:
                 out = self._network(x, t, self.cond, self.extra)
             else:
                 out = self._network(x, t, self.null_cond, self._null_extra())
+            if self.prediction == "v_adjoint":
+                extra = self.extra if branch == "cond" else self._null_extra()
+                if extra is not None:
+                    skip = extra[:, :1] if extra.ndim == x.ndim else extra[None, :1]
+                    out = out.to(xbar.dtype) - (s / scale) * skip.to(device=xbar.device, dtype=xbar.dtype)
             eps_by_branch[branch] = self._to_eps(out, xbar, x, s, scale)
             self.nfe += 1
         if len(eps_by_branch) == 1:
@@ -212,7 +221,8 @@ class Denoiser:
             return out
         if self.prediction == "x0":  # xbar = x0 + sigma eps
             return (xbar - out) / s
-        # v = sqrt(abar) eps - sqrt(1 - abar) x0  =>  eps = sqrt(1 - abar) x + sqrt(abar) v
+        # v (and v_adjoint after its skip) = sqrt(abar) eps - sqrt(1 - abar) x0
+        #   =>  eps = sqrt(1 - abar) x + sqrt(abar) v
         return (s * x + out) / scale
 
     def _null_extra(self) -> torch.Tensor | None:

@@ -159,6 +159,7 @@ def run_reconstruction(
     steps: int = 20,
     guidance: float = 1.0,
     batch_size: int = 8,
+    prediction: str = "eps",
     base_seed: int = 0,
     slices: range | None = None,
     y_override: torch.Tensor | None = None,
@@ -198,7 +199,8 @@ def run_reconstruction(
         adjoint = torch.cat([p.adjoint for p in problems])
         y = torch.cat([p.y for p in problems])
         operator = _stack_operator(obs, problems)
-        denoiser = Denoiser(net, schedule, cond=cond, extra=adjoint.to(torch.float32), guidance=guidance)
+        denoiser = Denoiser(net, schedule, prediction=prediction, cond=cond, extra=adjoint.to(torch.float32),
+                            guidance=guidance)
         dc = DataConsistentDenoiser(denoiser, operator, y, sigma_y)
         start = adjoint + sigmas[0].item() * start_noise(base_seed, chunk, (x_size, y_size))
         x0 = solver.generate(dc, start, sigmas, **options).to(torch.float64)

@@ -118,9 +118,12 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _lipschitz(net: torch.nn.Module, config: dict[str, Any], schedule: Any, steps: int,
+def _lipschitz(net: torch.nn.Module, prediction: str, schedule: Any, steps: int,
                cond: torch.Tensor, shape: tuple[int, int]) -> dict[str, Any]:
-    """Analytic bound and empirical estimate of Lip(x -> eps) (cached values from the checkpoint when present)."""
+    """Analytic bound and empirical estimate of the network's Lipschitz constant in x, and of eps's.
+
+    For v-prediction ``eps = sqrt(1 - abar) x + sqrt(abar) v(x)``, so ``Lip(eps) <= 1 + Lip(v)``.
+    """
     from medinvert.models.lipschitz import lipschitz_empirical, lipschitz_upper_bound
 
     times = [float(schedule.t_of_sigma(float(s))) for s in schedule.sigmas(steps)[:-1]]
@@ -129,11 +132,13 @@ def _lipschitz(net: torch.nn.Module, config: dict[str, Any], schedule: Any, step
     bound_sampling = lipschitz_upper_bound(net, t=times, cond=cond)
     probe_shape = (1, input_shape[1], min(64, shape[0]), min(64, shape[1]))  # a 64x64 probe keeps it cheap
     empirical = lipschitz_empirical(net, probe_shape, t=times[len(times) // 2], cond=cond, n_iter=8)
-    return {"bound_any_time": bound_all, "bound": bound_sampling, "empirical": empirical,
-            "what": "Lipschitz constant of x -> eps(x, t, c) in the Euclidean norm, per slice; bound = "
-                    "analytic upper bound at the sampling times (bound_any_time: for every t); empirical "
-                    "= power iteration on J^T J at the middle sampling time (a lower bound)",
-            }
+    offset = 1.0 if prediction in ("v", "v_adjoint") else 0.0
+    return {"network_bound_any_time": bound_all, "network_bound": bound_sampling, "network_empirical": empirical,
+            "prediction": prediction, "bound": offset + bound_sampling, "empirical": empirical,
+            "what": "Lipschitz constant in x (Euclidean norm, per slice) of the network output and of eps "
+                    "(bound, = 1 + network bound for v-prediction); network_bound = analytic upper bound at "
+                    "the sampling times (network_bound_any_time: for every t); empirical = power iteration "
+                    "on J^T J of the network at the middle sampling time on a 64x64 probe (a lower bound)"}
 
 
 def _bounds(lip: float, schedule: Any, steps: int) -> dict[str, Any]:
@@ -214,7 +219,7 @@ def reconstruct_volume(
             from tqdm import tqdm
             bar = tqdm(total=observation.shape[2], desc=f"reconstruct {Path(source).name}", unit="slice")
         run = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps, guidance=guidance,
-                                 batch_size=batch_size, base_seed=base_seed,
+                                 batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
                                  progress=(lambda n: bar.update(n)) if bar is not None else None)
         if bar is not None:
             bar.close()
@@ -233,7 +238,7 @@ def reconstruct_volume(
                              "what": "||A x - y|| / ||y|| over the measured samples"},
     }
     cond = observation.descriptor.to(torch.float32)
-    lipschitz = _lipschitz(resolved.net, resolved.reference, resolved.schedule, steps, cond,
+    lipschitz = _lipschitz(resolved.net, resolved.prediction, resolved.schedule, steps, cond,
                            tuple(observation.shape[:2]))
     report["lipschitz"] = lipschitz
     report["bounds"] = _bounds(lipschitz["bound"], resolved.schedule, steps)
@@ -243,7 +248,7 @@ def reconstruct_volume(
     if check:
         with deterministic(threads):
             again = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps,
-                                       guidance=guidance, batch_size=batch_size, base_seed=base_seed,
+                                       guidance=guidance, batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
                                        slices=range(check[0], check[-1] + 1))
             first, second = volume[:, :, check[0]:check[-1] + 1], again.volume[:, :, check[0]:check[-1] + 1]
             reproducibility.update({"run1_sha256": _sha256(first), "run2_sha256": _sha256(second),
@@ -299,7 +304,7 @@ def _measured_sensitivity(observation: Observation, net: torch.nn.Module, schedu
     size = float(torch.linalg.vector_norm(y[sub])) / max(1.0, float(torch.linalg.vector_norm(noise[sub])))
     delta = noise * relative * size
     moved = run_reconstruction(observation, net, schedule, method=method, steps=steps, guidance=guidance,
-                               batch_size=batch_size, base_seed=base_seed, slices=range(check[0], check[-1] + 1),
+                               batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed, slices=range(check[0], check[-1] + 1),
                                y_override=y + delta)
     dx = float(torch.linalg.vector_norm((moved.volume - volume)[:, :, sub].to(torch.float64)))
     dy = float(torch.linalg.vector_norm(delta[sub].to(torch.complex128 if delta.is_complex() else torch.float64)))

@@ -253,3 +253,20 @@ def test_from_config_round_trip_and_unknown_key() -> None:
     assert again.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(MedinvertError, match="unknown architecture option"):
         LipschitzUNet.from_config({**model.config, "depth": 3})
+
+
+def test_single_3d_patch_matches_batched_evaluation_and_gradient() -> None:
+    """Batch-1 3D inputs are evaluated as a pair of copies (speed); values and gradients unchanged."""
+    torch.manual_seed(6)
+    model = LipschitzUNet(dim="3d", channels=(4, 8), emb_dim=16, time_dim=8).double()
+    x = torch.randn(2, 1, 5, 6, 7, dtype=torch.float64)
+    t = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    single = x[:1].clone().requires_grad_(True)
+    out = model(single, t[:1])
+    (grad,) = torch.autograd.grad(out.square().sum(), single)
+    batched = x.clone().requires_grad_(True)
+    out_b = model(batched, t)
+    (grad_b,) = torch.autograd.grad(out_b[:1].square().sum(), batched)
+    torch.testing.assert_close(out, out_b[:1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, grad_b[:1], rtol=1e-10, atol=1e-12)
+    assert torch.count_nonzero(grad_b[1:]) == 0

@@ -25,6 +25,7 @@ from medinvert.errors import MedinvertError
 COMMANDS: dict[str, str] = {
     "info": "info",
     "train": "train",
+    "models": "models",
     "convert": "convert",
     "corrupt": "corrupt",
     "invert": "invert",

@@ -1,10 +1,18 @@
-"""The training loop: eps-prediction loss (+ optional Lipschitz penalty), AdamW, EMA, checkpoints.
+"""The training loop: v- or eps-prediction loss (+ optional Lipschitz penalty), AdamW, EMA, checkpoints.
 
 Objective (Ho et al. 2020, eq. 14, in continuous time): for a clean normalised slice ``x0``, time
 ``t ~ U(1/N, 1)`` and noise ``eps ~ N(0, I)``,
 
     x_t = sqrt(abar(t)) x0 + sqrt(1 - abar(t)) eps,
-    loss = || eps_theta([x_t, A^H y], t, c) - eps ||^2  +  lambda * penalty,
+    loss = || f_theta([x_t, A^H y], t, c) - target ||^2  +  lambda * penalty,
+
+with ``target = v = sqrt(abar) eps - sqrt(1 - abar) x0`` (v-prediction, Salimans & Ho 2022),
+``target = v + sqrt(1 - abar) A^H y`` (``v_adjoint``, default: v relative to the guess ``x0 = A^H y``,
+so an untrained network already reconstructs as well as the adjoint image at high noise) or
+``target = eps``.  v-prediction matters here: with eps-prediction the network must reproduce its
+noisy input almost exactly at high noise (``eps ~ x_t``), which a spectrally normalised network does
+poorly, and the error is amplified by ``sigma`` in the predicted clean image; with v the conversion
+``eps = sqrt(1 - abar) x_t + sqrt(abar) v`` carries the identity part analytically.
 
 where ``A^H y`` (adjoint image) and the descriptor ``c`` come from a random corruption of ``x0``;
 with probability ``cond_dropout`` both are dropped (the adjoint channel zeroed, ``c`` replaced by the
@@ -73,6 +81,7 @@ class TrainConfig:
     lipschitz_penalty: float = 0.0
     lipschitz_target: float = 10.0
     schedule: str = "linear"
+    prediction: str = "v_adjoint"
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 10
@@ -87,6 +96,8 @@ class TrainConfig:
             raise MedinvertError(f"batch size must be >= 1 and crop >= 16 (got {self.batch_size}, {self.crop})")
         if self.modality not in (*TRAINABLE_MODALITIES, "all"):
             raise MedinvertError(f"unknown modality {self.modality!r}; valid: {', '.join(TRAINABLE_MODALITIES)}, all")
+        if self.prediction not in ("eps", "v", "v_adjoint"):
+            raise MedinvertError(f"prediction must be 'eps', 'v' or 'v_adjoint', got {self.prediction!r}")
         if self.dim != "2d":
             raise MedinvertError(f"training is implemented for --dim 2d only (got {self.dim!r})")
 
@@ -111,8 +122,9 @@ def _lipschitz_penalty(model: torch.nn.Module, net_in: torch.Tensor, t: torch.Te
 
 
 def diffusion_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], schedule: Schedule,
-                   generator: torch.Generator, *, cond_dropout: float = 0.1, lipschitz_penalty: float = 0.0,
-                   lipschitz_target: float = 10.0, device: torch.device | str = "cpu") -> torch.Tensor:
+                   generator: torch.Generator, *, prediction: str = "v", cond_dropout: float = 0.1,
+                   lipschitz_penalty: float = 0.0, lipschitz_target: float = 10.0,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
     """The training objective of the module docstring for one batch of `SliceSamples`.
 
     ``batch``: ``x0, adjoint (B, 1, H, W)``, ``descriptor (B, K)``.  Times, noise and condition
@@ -130,11 +142,14 @@ def diffusion_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tens
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
     net_in = torch.cat([x_t, adjoint * (~dropped).view(-1, 1, 1, 1)], dim=1)
     t32 = t.to(torch.float32).to(device)
-    eps_pred = net(net_in, t32, cond, cond_drop=dropped)
-    loss = F.mse_loss(eps_pred, noise)
+    prediction_out = net(net_in, t32, cond, cond_drop=dropped)
+    target = noise if prediction == "eps" else abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    if prediction == "v_adjoint":  # the network predicts v relative to x0 = adjoint (see medinvert.denoiser)
+        target = target + (1 - abar).sqrt() * net_in[:, 1:2]
+    loss = F.mse_loss(prediction_out, target)
     if lipschitz_penalty > 0:
         loss = loss + lipschitz_penalty * _lipschitz_penalty(
-            lambda a, b, c: net(a, b, c, cond_drop=dropped), net_in, t32, cond, eps_pred, lipschitz_target, generator)
+            lambda a, b, c: net(a, b, c, cond_drop=dropped), net_in, t32, cond, prediction_out, lipschitz_target, generator)
     return loss
 
 
@@ -159,8 +174,14 @@ def _check_replicas_agree(model: torch.nn.Module, context: DistContext) -> list[
     return digests
 
 
-def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
-    """EMA of floating-point parameters; buffers (spectral-norm power-iteration vectors) are copied."""
+def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float, step: int) -> None:
+    """EMA of floating-point parameters; buffers (spectral-norm power-iteration vectors) are copied.
+
+    The decay warms up as ``min(decay, (1 + step) / (10 + step))`` so that short runs are not
+    dominated by the random initialisation (with a fixed 0.999 the initial weights still carry
+    ``0.999^1500 = 22 %`` of the average after 1500 steps).
+    """
+    decay = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in model.state_dict().items():
@@ -174,7 +195,7 @@ def _checkpoint_config(config: TrainConfig, case_ids: list[str], schedule_config
                        step: int, seconds: float, last_loss: float | None) -> dict[str, Any]:
     return {
         "modality": config.modality,
-        "prediction": "eps",
+        "prediction": config.prediction,
         "schedule": schedule_config,
         "normalisation": {"kind": "robust_scale", "percentile": PERCENTILE,
                           "foreground_fraction": FOREGROUND_FRACTION, "computed_on": "adjoint A^H y"},
@@ -249,7 +270,8 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
         model.train()
         for batch in loader:
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 1009 + context.rank)
-            loss = diffusion_loss(net, batch, schedule, generator, cond_dropout=config.cond_dropout,
+            loss = diffusion_loss(net, batch, schedule, generator, prediction=config.prediction,
+                                  cond_dropout=config.cond_dropout,
                                   lipschitz_penalty=config.lipschitz_penalty,
                                   lipschitz_target=config.lipschitz_target, device=context.device)
             lr = _learning_rate(config, step)
@@ -259,7 +281,7 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            _ema_update(ema, model, config.ema_decay)
+            _ema_update(ema, model, config.ema_decay, step)
             step += 1
             last_loss = float(loss.detach())
             if not math.isfinite(last_loss):

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Train the four shipped models (t1, t1ce, t2, flair) from the bundled sample data.
+
+Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/models.md):
+
+1. a multi-contrast base model on the training cases of all four modalities (held-out cases listed
+   in sample_data/split.json are skipped), with strong augmentation (medinvert.train.data);
+2. a short fine-tune of the base for each modality;
+3. export: EMA weights, spectral norm baked in, Lipschitz numbers recorded, optimizer state dropped.
+
+    python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 3000]
+        [--finetune-steps 500] [--install]      # --install copies the exports into the package
+
+Under torchrun each `medinvert train` call may be launched with --nproc_per_node=N instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from medinvert.cli import main as medinvert
+from medinvert.models.registry import WEIGHTS_DIR
+from medinvert.train.export import export_for_inference
+
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+COMMON = ["--batch-size", "12", "--crop", "64", "--checkpoint-every", "250", "--threads", "1", "--no-progress"]
+
+
+def run(args: list[str]) -> None:
+    print("medinvert", " ".join(args), flush=True)
+    code = medinvert(args)
+    if code != 0:
+        sys.exit(code)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="sample_data")
+    parser.add_argument("--work", default="runs")
+    parser.add_argument("--base-steps", type=int, default=3000)
+    parser.add_argument("--finetune-steps", type=int, default=500)
+    parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    base = work / "base.pt"
+    if not base.exists():
+        run(["train", args.data, "--modality", "all", "--steps", str(args.base_steps), "--lr", "8e-4",
+             "--out", str(base), *COMMON])
+    for modality in MODALITIES:
+        tuned = work / f"{modality}.pt"
+        if not tuned.exists():
+            run(["train", args.data, "--modality", modality, "--init", str(base), "--steps", str(args.finetune_steps),
+                 "--lr", "2e-4", "--warmup", "20", "--seed", str(1 + MODALITIES.index(modality)),
+                 "--out", str(tuned), *COMMON])
+        exported = export_for_inference(tuned, work / f"{modality}_export.pt")
+        print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
+        if args.install:
+            WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(exported, WEIGHTS_DIR / f"{modality}.pt")
+
+
+if __name__ == "__main__":
+    main()
