@@ -24,10 +24,11 @@ import torch
 
 from medinvert.models import LipschitzUNet, freeze_spectral_norm
 
-VARIANTS: dict[str, dict] = {
-    "2d": {"dim": "2d", "n_cond_channels": 1},
-    "2.5d (k=2)": {"dim": "2.5d", "neighbours": 2, "n_cond_channels": 1},
-    "3d patch": {"dim": "3d", "n_cond_channels": 1},
+#: variant -> (table label, constructor kwargs); every variant takes one conditioning image channel
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "2d": ("2d", {"dim": "2d", "n_cond_channels": 1}),
+    "2.5d": ("2.5d (k=2)", {"dim": "2.5d", "neighbours": 2, "n_cond_channels": 1}),
+    "3d": ("3d patch", {"dim": "3d", "n_cond_channels": 1}),
 }
 
 
@@ -64,12 +65,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--size", type=int, default=240, help="2D slice side")
     parser.add_argument("--patch3d", type=int, nargs=3, default=(32, 64, 64), help="3D patch D H W")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     rows: list[tuple[str, str, str, str]] = []
     cases: list[Callable[[], object]] = []
-    for name, kwargs in VARIANTS.items():
+    for key in args.variants:
+        name, kwargs = VARIANTS[key]
         torch.manual_seed(0)
         shape = tuple(args.patch3d) if kwargs["dim"] == "3d" else (args.size, args.size)
         base = LipschitzUNet(**kwargs).eval()
@@ -95,7 +98,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f}; median (and min) of "
           f"{args.runs} interleaved runs after {args.warmup} warm-up calls\n")
-    print("| variant | input | params | mode | batch 1 median (ms) | batch 1 min (ms) | batch 8 median (ms / slice) |")
+    print("| variant | input | params | mode | batch 1 median (ms) | batch 1 min (ms) | batch 8 median (ms / item) |")
     print("|---|---|---|---|---|---|---|")
     for i, row in enumerate(rows):
         one, eight = times[2 * i], times[2 * i + 1]

@@ -5,6 +5,7 @@ The public surface is small and imported lazily (so `import medinvert` and the C
     load_volume, save_volume, find_cases        -- medinvert.io
     corrupt                                     -- medinvert.transforms
     psnr, ssim, nmse                            -- medinvert.metrics
+    reconstruct_volume, ReconstructionResult    -- medinvert.reconstruct
     load_model                                  -- medinvert.models.registry
     invert, generate, Latent                    -- medinvert.inversion, medinvert.latent
 """
@@ -31,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "invert": "medinvert.inversion",
     "generate": "medinvert.inversion",
     "Latent": "medinvert.latent",
+    "reconstruct_volume": "medinvert.reconstruct",
+    "ReconstructionResult": "medinvert.reconstruct",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

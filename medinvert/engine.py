@@ -47,7 +47,7 @@ from medinvert.schedule import Schedule, make_schedule
 from medinvert.solvers import get_solver
 
 __all__ = ["DataConsistentDenoiser", "SliceProblem", "ReconstructionRun", "run_reconstruction", "slice_problem",
-           "dc_weight", "noise_std", "schedule_of", "default_model_name", "start_noise"]
+           "dc_weight", "noise_std", "schedule_of", "default_model_name", "start_noise", "final_projection"]
 
 
 #: fixed-point grid of ``exact`` reconstructions: 2^-48 resolution, |x| < 2^13 range in normalised
@@ -191,6 +191,7 @@ def run_reconstruction(
     cond = obs.descriptor.to(torch.float32)
     measured = obs.y.reshape(z_size, -1).abs().amax(dim=1) > 0
     todo = [k for k in selected if bool(measured[k])]
+    takes_adjoint = _n_cond_channels(net) > 0
     started = time.perf_counter()
     nfe = 0
     for b0 in range(0, len(todo), batch_size):
@@ -199,13 +200,13 @@ def run_reconstruction(
         adjoint = torch.cat([p.adjoint for p in problems])
         y = torch.cat([p.y for p in problems])
         operator = _stack_operator(obs, problems)
-        denoiser = Denoiser(net, schedule, prediction=prediction, cond=cond, extra=adjoint.to(torch.float32),
-                            guidance=guidance)
+        extra = adjoint.to(torch.float32) if takes_adjoint else None
+        denoiser = Denoiser(net, schedule, prediction=prediction, cond=cond, extra=extra, guidance=guidance)
         dc = DataConsistentDenoiser(denoiser, operator, y, sigma_y)
         start = adjoint + sigmas[0].item() * start_noise(base_seed, chunk, (x_size, y_size))
         x0 = solver.generate(dc, start, sigmas, **options).to(torch.float64)
         if sigma_y == 0.0:
-            x0 = operator.data_consistency(x0, y, 1.0)
+            x0 = final_projection(operator, x0, y)
         nfe += denoiser.nfe
         for row, k in enumerate(chunk):
             output[k] = (x0[row, 0] * scale).to(torch.float32)
@@ -215,6 +216,44 @@ def run_reconstruction(
         raise MedinvertError("reconstruction produced NaN/Inf values", observation.source)
     return ReconstructionRun(slices_to_volume(output).contiguous(), scale, nfe,
                              time.perf_counter() - started, todo)
+
+
+def _mirror(k: torch.Tensor) -> torch.Tensor:
+    """``conj(k(-f))`` of centred k-space ``(..., H, W)`` (zero frequency at ``(H // 2, W // 2)``):
+    the k-space of the conjugate image.  Index ``i`` maps to ``(2 (H // 2) - i) mod H``."""
+    h, w = k.shape[-2:]
+    return torch.roll(torch.flip(k, dims=(-2, -1)), shifts=(1 - h % 2, 1 - w % 2), dims=(-2, -1)).conj()
+
+
+def final_projection(operator: LinearOperator, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Hard data consistency of the real image ``x0`` ``(B, 1, X, Y)`` (noiseless measurements).
+
+    For k-space the orthogonal projection onto the *real* images with ``M F x = y`` is not the real
+    part of the complex projection (that leaks the unmeasured mirror samples ``conj(X(-f))`` into
+    measured ones whenever the mask is not point-symmetric).  A real image has Hermitian k-space, so
+    measuring ``f`` also fixes ``-f``: the projection replaces the samples on ``M`` by ``y`` and those on
+    the mirrored mask by ``conj(y(-f))``, keeping the rest.  Other operators use their own projection.
+    """
+    if not isinstance(operator, KspaceOperator):
+        return operator.data_consistency(x0, y, 1.0)
+    from medinvert.operators.fft import fft2c, ifft2c
+
+    k = fft2c(x0)
+    mask = operator.mask.to(device=k.device).expand(k.shape)
+    mirrored = _mirror(mask.to(k.dtype)).real > 0.5
+    y = y.to(k.dtype)
+    k = torch.where(mask, y, torch.where(mirrored, _mirror(y), k))
+    return ifft2c(k).real.to(x0.dtype)
+
+
+def _n_cond_channels(net: torch.nn.Module) -> int:
+    """Extra conditioning image channels ``net`` expects (its config's ``n_cond_channels``; else
+    ``in_channels - 1``; 1 for a module that says neither).  The adjoint ``A^H y`` is passed only to
+    networks that take it (the built-in ``random`` model does not)."""
+    config = getattr(net, "config", None)
+    if isinstance(config, dict) and "n_cond_channels" in config:
+        return int(config["n_cond_channels"])
+    return int(getattr(net, "in_channels", 2)) - 1
 
 
 def _stack_operator(observation: Observation, problems: list[SliceProblem]) -> LinearOperator:

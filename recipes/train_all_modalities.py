@@ -4,12 +4,14 @@
 Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/models.md):
 
 1. a multi-contrast base model on the training cases of all four modalities (held-out cases listed
-   in sample_data/split.json are skipped), with strong augmentation (medinvert.train.data);
-2. a short fine-tune of the base for each modality;
-3. export: EMA weights, spectral norm baked in, Lipschitz numbers recorded, optimizer state dropped.
+   in sample_data/split.json are skipped), with strong augmentation (medinvert.train.data), on
+   64x64 crops;
+2. the base continued on 96x96 crops (more context for the global aliasing of k-space masks);
+3. a short fine-tune of the base for each modality;
+4. export: EMA weights, spectral norm baked in, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 3000]
-        [--finetune-steps 500] [--install]      # --install copies the exports into the package
+        [--long-steps 4000] [--finetune-steps 200] [--install]  # --install copies the exports into the package
 
 Under torchrun each `medinvert train` call may be launched with --nproc_per_node=N instead.
 """
@@ -41,7 +43,8 @@ def main() -> None:
     parser.add_argument("--data", default="sample_data")
     parser.add_argument("--work", default="runs")
     parser.add_argument("--base-steps", type=int, default=3000)
-    parser.add_argument("--finetune-steps", type=int, default=500)
+    parser.add_argument("--long-steps", type=int, default=4000)
+    parser.add_argument("--finetune-steps", type=int, default=200)
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -50,12 +53,16 @@ def main() -> None:
     if not base.exists():
         run(["train", args.data, "--modality", "all", "--steps", str(args.base_steps), "--lr", "8e-4",
              "--out", str(base), *COMMON])
+    long = work / "base_long.pt"
+    if not long.exists():
+        run(["train", args.data, "--modality", "all", "--steps", str(args.long_steps), "--lr", "4e-4", "--warmup", "50",
+             "--init", str(base), "--out", str(long), *COMMON, "--crop", "96"])
     for modality in MODALITIES:
         tuned = work / f"{modality}.pt"
         if not tuned.exists():
-            run(["train", args.data, "--modality", modality, "--init", str(base), "--steps", str(args.finetune_steps),
+            run(["train", args.data, "--modality", modality, "--init", str(long), "--steps", str(args.finetune_steps),
                  "--lr", "2e-4", "--warmup", "20", "--seed", str(1 + MODALITIES.index(modality)),
-                 "--out", str(tuned), *COMMON])
+                 "--out", str(tuned), *COMMON, "--crop", "96"])
         exported = export_for_inference(tuned, work / f"{modality}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
         if args.install:

@@ -16,7 +16,7 @@ SCHEDULE = make_schedule("linear")
 
 
 def test_registry_contents():
-    assert set(SOLVERS) == {"ddim", "edict", "bdia", "exact", "ode"}
+    assert set(SOLVERS) == {"ddim", "edict", "bdia", "exact", "ode", "nulltext", "negprompt"}
     for name, spec in SOLVERS.items():
         assert spec.name == name and spec.exact_in in EXACTNESS and spec.summary
     assert SOLVERS["exact"].exact_in == "floating_point" and SOLVERS["exact"].nfe_per_step == 1

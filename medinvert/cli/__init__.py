@@ -31,6 +31,9 @@ COMMANDS: dict[str, str] = {
     "invert": "invert",
     "generate": "generate",
     "roundtrip": "roundtrip",
+    "reconstruct": "reconstruct",
+    "evaluate": "evaluate",
+    "demo": "demo",
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 #: methods offered on the command line (kept equal to medinvert.solvers.SOLVERS by a test)
-METHODS: tuple[str, ...] = ("exact", "edict", "bdia", "ddim", "ode")
+METHODS: tuple[str, ...] = ("exact", "edict", "bdia", "ddim", "ode", "nulltext", "negprompt")
 #: timestep spacings (medinvert.schedule.SPACINGS)
 SPACINGS: tuple[str, ...] = ("trailing", "leading", "linspace", "karras")
 

@@ -24,6 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--channels", default=None,
                    help="feature channels per UNet level, comma separated (default 32,64,128)")
+    p.add_argument("--no-spectral-norm", action="store_true",
+                   help="train without spectral normalisation (ablation; the Lipschitz bound is then loose)")
     p.add_argument("--lipschitz-penalty", type=float, default=0.0, help="weight lambda of the Lipschitz hinge")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
             architecture["channels"] = [int(c) for c in args.channels.split(",")]
         except ValueError:
             raise MedinvertError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
+    if args.no_spectral_norm:
+        architecture["spectral_norm"] = False
     config = TrainConfig(architecture=architecture, data=args.data, modality=args.modality, out=args.out, steps=args.steps, dim=args.dim,
                          batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                          lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,

@@ -18,17 +18,20 @@ edict      2             exact arithmetic        coupled pair + mixing p (Wallac
 bdia       1             exact arithmetic        bi-directional DDIM increments (Zhang et al. 2023)
 exact      1             floating point (bits)   BDIA gamma=1 / leapfrog / reversible Heun on int64
 ode        adaptive      none (tolerance)        torchdiffeq odeint (dopri5, rk4, ...)
+nulltext   ~2 + 1..11    none (approximate)      guided DDIM + per-step Adam on the null condition (Mokady et al. 2023)
+negprompt  1 (2: edit)   none (approximate)      guidance-1 DDIM pivot, condition as negative (Miyake et al. 2023)
 =========  ============  ======================  ==================================================
 """
 
 from __future__ import annotations
 
 from medinvert.errors import MedinvertError
-from medinvert.solvers import bdia, ddim, edict, exact, ode
+from medinvert.solvers import bdia, ddim, edict, exact, negprompt, nulltext, ode
 from medinvert.solvers.base import Callback, EpsModel, SolverSpec
 from medinvert.solvers.bdia import BdiaState
 from medinvert.solvers.edict import EdictState
 from medinvert.solvers.exact import FixedPointState
+from medinvert.solvers.nulltext import NullTextState
 
 __all__ = [
     "SOLVERS",
@@ -39,10 +42,12 @@ __all__ = [
     "BdiaState",
     "EdictState",
     "FixedPointState",
+    "NullTextState",
 ]
 
 #: method name -> `SolverSpec`
-SOLVERS: dict[str, SolverSpec] = {spec.name: spec for spec in (ddim.SPEC, edict.SPEC, bdia.SPEC, exact.SPEC, ode.SPEC)}
+SOLVERS: dict[str, SolverSpec] = {spec.name: spec for spec in (ddim.SPEC, edict.SPEC, bdia.SPEC, exact.SPEC, ode.SPEC,
+                                                               nulltext.SPEC, negprompt.SPEC)}
 
 
 def get_solver(name: str) -> SolverSpec:

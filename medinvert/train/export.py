@@ -1,6 +1,7 @@
 """Turn a training checkpoint into a shipped inference checkpoint.
 
-`export_for_inference(src, dst)`: takes the EMA weights, bakes the spectral-norm parametrizations into
+`export_for_inference(src, dst)`: takes the EMA weights, re-runs the spectral-norm power iteration on
+them (the stored vectors belong to the live weights, not their average), bakes the spectral-norm parametrizations into
 plain weights (`freeze_spectral_norm`: the same forward pass, faster, no power-iteration state),
 drops the optimizer state, and records in the config the model's Lipschitz numbers
 
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from medinvert.models.checkpoint import load_checkpoint, save_checkpoint
-from medinvert.models.layers import freeze_spectral_norm
+from medinvert.models.layers import freeze_spectral_norm, refresh_spectral_vectors
 from medinvert.models.lipschitz import lipschitz_empirical, lipschitz_upper_bound
 
 __all__ = ["export_for_inference", "lipschitz_summary"]
@@ -41,6 +42,7 @@ def lipschitz_summary(model: torch.nn.Module, *, probe: int = 64, seed: int = 0)
 def export_for_inference(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Write the EMA, spectral-norm-frozen, optimizer-free version of ``src`` to ``dst``."""
     model, config = load_checkpoint(src, use_ema=True)
+    refresh_spectral_vectors(model)  # EMA averages weights only; re-converge the power iteration to them
     freeze_spectral_norm(model)
     config = {k: v for k, v in config.items() if k not in ("architecture", "format_version", "medinvert_version")}
     config["lipschitz"] = lipschitz_summary(model)

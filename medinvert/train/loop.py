@@ -121,6 +121,22 @@ def _lipschitz_penalty(model: torch.nn.Module, net_in: torch.Tensor, t: torch.Te
     return F.relu(ratio - target).pow(2).mean()
 
 
+def sample_times(schedule: Schedule, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``(n,)`` float64 diffusion times: half uniform on ``[1/N, 1]``, half from a log-normal noise
+    level ``ln sigma ~ N(-1.0, 1.6^2)`` (the low-noise emphasis of Karras et al. 2022, sec. 5).
+
+    Uniform times put only ~5 % of the samples below sigma = 0.3 on the linear schedule, yet the
+    last sampling steps -- where fine detail is decided -- live there.
+    """
+    t_min = 1.0 / schedule.num_train_timesteps
+    uniform = t_min + torch.rand(n, generator=generator, dtype=torch.float64) * (1 - t_min)
+    log_sigma = -1.0 + 1.6 * torch.randn(n, generator=generator, dtype=torch.float64)
+    sigma = log_sigma.exp().clamp(schedule.sigma_min, schedule.sigma_max)
+    lognormal = schedule.t_of_sigma(sigma).clamp(t_min, 1.0)
+    pick = torch.rand(n, generator=generator) < 0.5
+    return torch.where(pick, lognormal, uniform)
+
+
 def diffusion_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], schedule: Schedule,
                    generator: torch.Generator, *, prediction: str = "v", cond_dropout: float = 0.1,
                    lipschitz_penalty: float = 0.0, lipschitz_target: float = 10.0,
@@ -134,8 +150,7 @@ def diffusion_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tens
     adjoint = batch["adjoint"].to(device)
     cond = batch["descriptor"].to(device)
     n = x0.shape[0]
-    t_min = 1.0 / schedule.num_train_timesteps
-    t = t_min + torch.rand(n, generator=generator, dtype=torch.float64) * (1 - t_min)
+    t = sample_times(schedule, n, generator)
     abar = schedule.abar(t).to(torch.float32).view(-1, 1, 1, 1).to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     dropped = (torch.rand(n, generator=generator) < cond_dropout).to(device)
