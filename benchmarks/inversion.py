@@ -22,14 +22,19 @@ shipped models are conditioned on).  ``exact``, ``edict``, ``bdia``, ``ddim`` an
 (w = 1); ``ddim (w=W)`` is plain guided DDIM inversion, the baseline that ``negprompt`` and
 ``nulltext`` (both at w = W) improve on.  ``ode`` (dopri5, adaptive) does not depend on the step count
 and runs in the first block only; the slow methods run at most ``--slow-repeats`` times, null-text and
-guided DDIM only at ``--guided-steps``, and float64 only for ``--float64-methods``.  Every repeat is
+guided DDIM only at ``--guided-steps`` (float64: ``--float64-guided-steps``), and float64 only for
+``--float64-methods``.  Every repeat is
 checked to give the same output bits (marked otherwise).
+
+One intra-op thread by default: on a CPU shared with other jobs a two-thread OpenMP region stalls
+whenever the second core is taken (docs/benchmarks.md, "Model forward speed"); measured here, a
+1-slice EDICT round trip took ~1 s of CPU time with one thread and ~8 s of wall time with two.
 
 From the repository root (defaults: the shipped t1 model, else the seeded random model; the defaults
 are the documented run, sized for ~15 minutes on a busy 2-core machine)::
 
-    python benchmarks/inversion.py --slices 1 --steps 10 20 50 --repeats 3 2 1 --dtypes float32 float64 \\
-        --float64-methods edict exact bdia ddim --float64-repeats 1 --guided-steps 10 --slow-repeats 1 --threads 2
+    python benchmarks/inversion.py --slices 1 --steps 10 20 50 --repeats 5 --dtypes float32 float64 \\
+        --float64-repeats 3 --guided-steps 10 20 50 --float64-guided-steps 10 20 --slow-repeats 1 --threads 1
 """
 
 from __future__ import annotations
@@ -198,7 +203,8 @@ def plan(args: argparse.Namespace, dtype: str, block: int, steps: int) -> list[t
             continue
         if m.key == "ode" and block > 0:  # adaptive: the step count only fixes the end points
             continue
-        if m.key in ("nulltext", "ddim-guided") and steps not in args.guided_steps:
+        guided_steps = args.float64_guided_steps if dtype == "float64" else args.guided_steps
+        if m.key in ("nulltext", "ddim-guided") and steps not in guided_steps:
             continue
         repeats = args.float64_repeats if dtype == "float64" else _repeats_for(args)[steps]
         out.append((m, min(repeats, args.slow_repeats) if m.slow else repeats))
@@ -210,18 +216,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--volume", default=DEFAULT_VOLUME, help="NIfTI volume (default: the BraTS 2023 t1n sample)")
     parser.add_argument("--slices", type=int, default=1, help="central axial slices (default 1)")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
-    parser.add_argument("--repeats", type=int, nargs="+", default=[3, 2, 1],
-                        help="timed round trips per method: one value, or one per --steps entry (default 3 2 1)")
+    parser.add_argument("--repeats", type=int, nargs="+", default=[5],
+                        help="timed round trips per method: one value, or one per --steps entry (default 5)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
-    parser.add_argument("--float64-methods", nargs="+", default=["edict", "exact", "bdia", "ddim"],
-                        help="methods (keys, see --only) also run in float64 (default: edict exact bdia ddim)")
-    parser.add_argument("--float64-repeats", type=int, default=1, help="timed round trips in float64 (default 1)")
+    parser.add_argument("--float64-methods", nargs="+", default=[m.key for m in methods(GUIDANCE)],
+                        help="methods (keys, see --only) also run in float64 (default: all)")
+    parser.add_argument("--float64-repeats", type=int, default=3, help="timed round trips in float64 (default 3)")
     parser.add_argument("--slow-repeats", type=int, default=1, help="at most this many round trips of nulltext and ode")
-    parser.add_argument("--guided-steps", type=int, nargs="*", default=[10],
-                        help="step counts at which nulltext and guided ddim run (default 10; negprompt runs at all)")
+    parser.add_argument("--guided-steps", type=int, nargs="*", default=[10, 20, 50],
+                        help="step counts at which nulltext and guided ddim run in float32 (default 10 20 50; "
+                             "negprompt runs at all)")
+    parser.add_argument("--float64-guided-steps", type=int, nargs="*", default=[10, 20],
+                        help="the same in float64 (default 10 20)")
     parser.add_argument("--model", default=None, help="model name / path / random[:SEED] (default: t1, else random)")
     parser.add_argument("--guidance", type=float, default=GUIDANCE, help="w of the guided methods (default 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: steadiest on a shared machine, see docs)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only these methods (keys: edict exact bdia ddim ode ddim-guided negprompt "
                              "nulltext; edict always runs)")
