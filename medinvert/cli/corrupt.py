@@ -117,9 +117,9 @@ def _summary(observation: Any) -> str:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    """True when ``path`` lies in ``folder`` (resolved; False when ``folder`` does not exist yet)."""
-    if not folder.is_dir():
-        return False
+    from medinvert.io.load import is_inside  # lazy: keeps `medinvert --help` free of torch imports
+
+    return is_inside(path, folder)
     try:
         Path(path).resolve().relative_to(folder.resolve())
         return True

@@ -107,3 +107,15 @@ def ensure_not_input(output: str | os.PathLike[str], inputs: Iterable[str | os.P
     for item in inputs:
         if _same_path(out, Path(item)):
             raise MedinvertError(f"output would overwrite the input {item}", path=out)
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """True when ``path`` lies in ``folder`` (both resolved; False when ``folder`` does not exist yet)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
