@@ -1,6 +1,6 @@
 """Reconstruction benchmark: zero-filled vs tuned CS-TV vs ours (ddim / exact), bounds, full-volume timing.
 
-Three Markdown tables, printed to stdout (not a timed test; numbers go to ``docs/benchmarks.md``):
+Markdown tables, printed to stdout (not a timed test; numbers go to ``docs/benchmarks.md``):
 
 1. **Undersampled k-space** on held-out evaluation slices of ``BraTS-GLI-00002-000`` (t1n, never
    trained on; `sample_data/split.json`), random Cartesian line masks from `medinvert.corrupt`
@@ -20,7 +20,9 @@ Three Markdown tables, printed to stdout (not a timed test; numbers go to ``docs
    for a seeded relative-1e-3 perturbation of ``y`` (the report's recipe), the data-consistency
    residual ``||A x - y|| / ||y||``, and the PSNR of the corrupted input (zero-filled magnitude / noisy
    image) and of the reconstruction, side by side.
-3. **Full volume**: ``/usr/bin/time -v medinvert reconstruct`` on the whole 240 x 240 x 155 held-out
+3. **One-step denoiser check**: PSNR of one network prediction ``x0`` (and of ``DC(x0)``) from
+   ``x + sigma n`` on one held-out slice -- the quality of the learned prior without any sampler.
+4. **Full volume**: ``/usr/bin/time -v medinvert reconstruct`` on the whole 240 x 240 x 155 held-out
    t1n (exact, 20 steps, checks fast): wall seconds and peak RSS.
 
 Evaluation slices: ``n`` interior points of an even grid over the brain range 20..130,
@@ -234,14 +236,15 @@ def comparison(resolved: ResolvedNetwork, slices: list[int], steps_list: Sequenc
     return rows
 
 
-def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: int, batch_size: int) -> list[dict[str, Any]]:
+def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: int,
+           batch_size: int) -> list[dict[str, Any]]:
     """Table 2 rows: bound, step condition, measured sensitivity, DC residual and PSNR per corruption."""
     volume = load_volume(HELDOUT_FILE)
     data_range = float(volume.max())
     reference = torch.as_tensor(np.asarray(volume))[:, :, slices].to(torch.float32)
     clean_scale = robust_scale(volume)
-    cases: list[tuple[str, dict[str, Any]]] = [(f"k-space {a}x (cf {0.32 / a:.3f})", {"kind": "kspace", "acceleration": a})
-                                               for a in BOUND_ACCELERATIONS]
+    cases: list[tuple[str, dict[str, Any]]] = [
+        (f"k-space {a}x (cf {0.32 / a:.3f})", {"kind": "kspace", "acceleration": a}) for a in BOUND_ACCELERATIONS]
     cases += [(f"noise sigma {rel:g}", {"kind": "noise", "sigma": rel * clean_scale}) for rel in BOUND_NOISE]
     rows = []
     for label, spec in cases:
@@ -262,6 +265,35 @@ def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: in
                      "psnr": psnr(recon, reference, data_range=data_range), "seconds_per_slice": sec})
         print(f"  [bounds {label}] PSNR {rows[-1]['psnr']:.2f}", file=sys.stderr)
     return rows
+
+
+def denoiser_check(resolved: ResolvedNetwork, k: int, sigmas: Sequence[float] = (0.02, 0.1, 0.3, 1.0, 3.0, 10.0),
+                   acceleration: int = 4) -> dict[str, Any]:
+    """One network evaluation per noise level on held-out slice ``k`` (4x k-space conditioning): PSNR of
+    the noisy input ``x + sigma n``, of the predicted clean image ``x0 = xbar - sigma eps`` and of
+    ``DC(x0)``, in normalised units -- how good the prior is, independently of any sampler."""
+    from medinvert.denoiser import Denoiser
+
+    volume = load_volume(HELDOUT_FILE)
+    observation = corrupt(volume, "kspace", seed=SEED, acceleration=acceleration,
+                          center_fraction=SETTINGS[acceleration])
+    scale = robust_scale(observation.adjoint)
+    problem = slice_problem(observation, scale, k, k + 1)
+    clean = torch.as_tensor(np.asarray(volume))[:, :, k][None, None].to(torch.float64) / scale
+    peak = float(volume.max()) / scale
+    denoiser = Denoiser(resolved.net, resolved.schedule, prediction=resolved.prediction,
+                        cond=observation.descriptor.to(torch.float32), extra=problem.adjoint.to(torch.float32))
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
+    rows = []
+    with deterministic(1), torch.no_grad():
+        for sigma in sigmas:
+            xbar = clean + sigma * noise
+            x0 = xbar - sigma * denoiser(xbar, sigma)
+            x0_dc = problem.operator.data_consistency(x0, problem.y, 1.0)
+            rows.append({"sigma": sigma, "noisy": psnr(xbar[0, 0], clean[0, 0], data_range=peak),
+                         "x0": psnr(x0[0, 0], clean[0, 0], data_range=peak),
+                         "x0_dc": psnr(x0_dc[0, 0], clean[0, 0], data_range=peak)})
+    return {"slice": k, "adjoint_psnr": psnr(problem.adjoint[0, 0], clean[0, 0], data_range=peak), "rows": rows}
 
 
 def volume_timing(model: str, steps: int, threads: int) -> dict[str, Any]:
@@ -290,7 +322,8 @@ def volume_timing(model: str, steps: int, threads: int) -> dict[str, Any]:
     if rss:
         result["peak_rss_mb"] = int(rss.group(1)) / 1024.0
     timing = report.get("timing", {})
-    result.update({k: timing.get(k) for k in ("reconstruction_seconds", "nfe", "evaluated_slices", "slices_per_second")})
+    keys = ("reconstruction_seconds", "nfe", "evaluated_slices", "slices_per_second")
+    result.update({k: timing.get(k) for k in keys})
     result["psnr"] = report.get("metrics", {}).get("psnr")
     result["ssim"] = report.get("metrics", {}).get("ssim")
     return result
@@ -353,9 +386,19 @@ def print_bounds(rows: list[dict[str, Any]], slices: list[int], steps: int) -> N
           "DC residual | input PSNR (dB) | PSNR (dB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['corruption']} | {r['lipschitz_bound']:.3g} | {r['lipschitz_empirical']:.3g} | {r['step_hL']:.3g} | "
+        print(f"| {r['corruption']} | {r['lipschitz_bound']:.3g} | {r['lipschitz_empirical']:.3g} | "
+              f"{r['step_hL']:.3g} | "
               f"1e{r['gronwall_log10']:.1f} | {r['measured_sensitivity']:.3g} | {r['dc_residual']:.2e} | "
               f"{r['input_psnr']:.2f} | {r['psnr']:.2f} |")
+
+
+def print_denoiser(result: dict[str, Any]) -> None:
+    print(f"\nOne-step denoiser check (held-out slice {result['slice']}, 4x conditioning; the real part of the "
+          f"zero-filled image A^H y scores {result['adjoint_psnr']:.2f} dB):\n")
+    print("| sigma (xbar units) | noisy input x + sigma n | predicted x0 | DC(x0) |")
+    print("|---|---|---|---|")
+    for r in result["rows"]:
+        print(f"| {r['sigma']:g} | {r['noisy']:.2f} | {r['x0']:.2f} | {r['x0_dc']:.2f} |")
 
 
 def print_volume(result: dict[str, Any]) -> None:
@@ -397,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="intra-op threads of the slice benchmarks (default 1: on a shared, loaded CPU more "
                              "threads oversubscribe the cores and small FFTs slow down a hundredfold)")
     parser.add_argument("--volume-threads", type=int, default=2,
-                        help="MEDINVERT_THREADS of the full-volume run (default 2, the engine's default)")
+                        help="--threads of the full-volume `medinvert reconstruct` run (default 2: the "
+                             "reference machine's cores)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     args = parser.parse_args(argv)
@@ -434,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bound_rows = bounds(resolved, bound_slices, 20, args.threads, args.batch_size)
         print_bounds(bound_rows, bound_slices, 20)
         out["bounds"] = bound_rows
+    check = denoiser_check(resolved, evaluation_slices(1)[0])
+    print_denoiser(check)
+    out["denoiser_check"] = check
     if not args.no_volume:
         result = volume_timing(args.model, 20, args.volume_threads)
         print_volume(result)
