@@ -10,8 +10,9 @@ row / column (Neumann boundary), i.e. isotropic total variation (Rudin, Osher & 
 Lustig, Donoho & Pauly 2007, MRM 58(6)).
 
 Solver: the first-order primal-dual algorithm of Chambolle & Pock (2011, J. Math. Imaging Vis. 40,
-Algorithm 1 with theta = 1) on ``min_x G(x) + F*(K x)`` with ``K = D`` (``||D||^2 <= 8``),
-``F* = lam ||.||_{2,1}`` and ``G`` the data term:
+Algorithm 1 with theta = 1) on ``min_x G(x) + F(K x)`` with ``K = D`` (``||D||^2 <= 8``),
+``F = lam ||.||_{2,1}`` (its conjugate ``F*`` is the indicator of ``{|p_ij| <= lam}``, hence the
+projection) and ``G`` the data term:
 
     p^{n+1}  = proj_{|p_ij| <= lam}(p^n + s D xbar^n)                 (pointwise 2-vector clipping)
     x^{n+1}  = prox_{t G}(x^n - t D^T p^{n+1})
@@ -48,7 +49,7 @@ TUNED_LAMBDA: dict[int, float] = {4: 1e-3, 8: 2e-3}
 #: the grid searched by `tune_lambda` (log-spaced, normalised units)
 LAMBDA_GRID: tuple[float, ...] = (2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 #: primal-dual iterations and primal step (dual step 1 / (8 tau)); on 8x training slices tau = 5 reaches
-#: an objective within ~1 % of a 3000-iteration solution after 300 iterations
+#: an objective within 1.1 % of a 3000-iteration solution after 300 iterations (PSNR 0.1 dB short)
 ITERATIONS = 300
 TAU = 5.0
 #: ||D||^2 <= 8 for forward differences in 2-D
