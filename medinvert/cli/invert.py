@@ -44,7 +44,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="method option, repeatable: p=0.93 (edict), gamma=1 (bdia), scheme=bdia|leapfrog|heun "
                              "and frac_bits=N (exact), method=dopri5, rtol, atol (ode)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads (default MEDINVERT_THREADS or 4); recorded in the latent")
+                        help="intra-op threads (default MEDINVERT_THREADS or 2); recorded in the latent")
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="reproducibility / round-trip / sensitivity checks on one batch of slices (fast, "
                              "default), on the whole volume (full) or none")
     parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads (default MEDINVERT_THREADS or 4); results are bit-reproducible for "
+                        help="intra-op threads (default MEDINVERT_THREADS or 2); results are bit-reproducible for "
                              "a fixed value")
     parser.add_argument("--modalities", default=None, metavar="LIST",
                         help="with --corruption: only these modalities, e.g. t1,flair (BraTS 2023 names accepted)")
