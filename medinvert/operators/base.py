@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-__all__ = ["LinearOperator", "as_weight"]
+__all__ = ["LinearOperator", "MaskedOperator", "as_weight", "as_bool_mask"]
 
 
 def as_weight(weight: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -60,3 +60,24 @@ class LinearOperator(abc.ABC):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
+
+
+def as_bool_mask(mask: torch.Tensor, what: str, min_ndim: int = 0) -> torch.Tensor:
+    """``mask`` as a bool tensor; ValueError unless it is boolean or holds only 0 and 1."""
+    mask = torch.as_tensor(mask)
+    if mask.ndim < min_ndim:
+        raise ValueError(f"{what} mask needs at least {min_ndim} dimensions (H, W), got shape {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(torch.all((mask == 0) | (mask == 1))):
+            raise ValueError(f"{what} mask must be boolean or contain only 0 and 1")
+        mask = mask != 0
+    return mask
+
+
+class MaskedOperator(LinearOperator):
+    """An operator defined by a 0/1 mask ``self.mask`` (bool), applied in its own domain."""
+
+    def _mask_like(self, t: torch.Tensor) -> torch.Tensor:
+        """The mask as a real tensor of ``t``'s (real) dtype and device."""
+        real = t.real.dtype if t.is_complex() else t.dtype
+        return self.mask.to(device=t.device, dtype=real if real.is_floating_point else torch.float32)

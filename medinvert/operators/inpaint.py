@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from medinvert.operators.base import LinearOperator, as_weight
+from medinvert.operators.base import MaskedOperator, as_bool_mask, as_weight
 
 __all__ = ["InpaintOperator"]
 
 
-class InpaintOperator(LinearOperator):
+class InpaintOperator(MaskedOperator):
     """Pixel mask over the last two dimensions.
 
     Args:
@@ -23,16 +23,7 @@ class InpaintOperator(LinearOperator):
     kind = "mask"
 
     def __init__(self, mask: torch.Tensor) -> None:
-        mask = torch.as_tensor(mask)
-        if mask.dtype != torch.bool:
-            if not bool(torch.all((mask == 0) | (mask == 1))):
-                raise ValueError("inpainting mask must be boolean or contain only 0 and 1")
-            mask = mask != 0
-        self.mask = mask
-
-    def _mask_like(self, t: torch.Tensor) -> torch.Tensor:
-        real = t.real.dtype if t.is_complex() else t.dtype
-        return self.mask.to(device=t.device, dtype=real if real.is_floating_point else torch.float32)
+        self.mask = as_bool_mask(mask, "inpainting")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``M * x`` (missing pixels set to zero)."""

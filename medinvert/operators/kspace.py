@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from medinvert.operators.base import LinearOperator, as_weight
+from medinvert.operators.base import MaskedOperator, as_bool_mask, as_weight
 from medinvert.operators.fft import fft2c, ifft2c
 
 __all__ = ["KspaceOperator"]
 
 
-class KspaceOperator(LinearOperator):
+class KspaceOperator(MaskedOperator):
     """Masked centred 2-D Fourier transform over the last two dimensions.
 
     Args:
@@ -27,18 +27,7 @@ class KspaceOperator(LinearOperator):
     kind = "kspace"
 
     def __init__(self, mask: torch.Tensor) -> None:
-        mask = torch.as_tensor(mask)
-        if mask.ndim < 2:
-            raise ValueError(f"k-space mask needs at least 2 dimensions (H, W), got shape {tuple(mask.shape)}")
-        if mask.dtype != torch.bool:
-            if not bool(torch.all((mask == 0) | (mask == 1))):
-                raise ValueError("k-space mask must be boolean or contain only 0 and 1")
-            mask = mask != 0
-        self.mask = mask
-
-    def _mask_like(self, t: torch.Tensor) -> torch.Tensor:
-        real = t.real.dtype if t.is_complex() else t.dtype
-        return self.mask.to(device=t.device, dtype=real if real.is_floating_point else torch.float32)
+        self.mask = as_bool_mask(mask, "k-space", min_ndim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``M * F x``: complex k-space ``(..., H, W)`` (zeros where not measured)."""
