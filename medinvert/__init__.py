@@ -8,6 +8,7 @@ The public surface is small and imported lazily (so `import medinvert` and the C
     reconstruct_volume, ReconstructionResult    -- medinvert.reconstruct
     load_model                                  -- medinvert.models.registry
     invert, generate, Latent                    -- medinvert.inversion, medinvert.latent
+    edit, EditResult                            -- medinvert.editing
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "invert": "medinvert.inversion",
     "generate": "medinvert.inversion",
     "Latent": "medinvert.latent",
+    "edit": "medinvert.editing",
+    "EditResult": "medinvert.editing",
     "reconstruct_volume": "medinvert.reconstruct",
     "ReconstructionResult": "medinvert.reconstruct",
 }

@@ -27,6 +27,7 @@ the final projection) is a bijection on the fixed-point grid given ``y``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,7 +35,7 @@ from typing import Any, Callable
 import torch
 
 from medinvert.denoiser import Denoiser
-from medinvert.errors import MedinvertError
+from medinvert.errors import MedinvertError, NumericalError
 from medinvert.intensity import robust_scale
 from medinvert.operators import Observation
 from medinvert.operators.base import LinearOperator
@@ -45,14 +46,30 @@ from medinvert.operators.kspace import KspaceOperator
 from medinvert.operators.layout import slices_to_volume, volume_to_slices
 from medinvert.schedule import Schedule, make_schedule
 from medinvert.solvers import get_solver
+from medinvert.solvers.fixed_point import choose_frac_bits
 
 __all__ = ["DataConsistentDenoiser", "SliceProblem", "ReconstructionRun", "run_reconstruction", "slice_problem",
-           "dc_weight", "noise_std", "schedule_of", "default_model_name", "start_noise", "final_projection"]
+           "dc_weight", "noise_std", "schedule_of", "default_model_name", "start_noise", "final_projection",
+           "reconstruction_frac_bits"]
 
 
 #: fixed-point grid of ``exact`` reconstructions: 2^-48 resolution, |x| < 2^13 range in normalised
 #: units -- room for a poorly trained network's excursions far from the data range
 RECONSTRUCTION_FRAC_BITS = 48
+
+
+def reconstruction_frac_bits(sigma_max: float) -> int:
+    """Grid exponent of an ``exact`` reconstruction whose sigma grid starts at ``sigma_max``.
+
+    `RECONSTRUCTION_FRAC_BITS`, unless the schedule's top noise level needs more range: the grid must
+    hold ``(1 + NOISE_BOUND) * sqrt(1 + sigma_max^2)`` in normalised units
+    (`medinvert.solvers.fixed_point.choose_frac_bits`) -- the size of the predicted clean image
+    ``xbar - sigma eps`` when eps does not track the start noise (an untrained network, e.g. the
+    built-in ``random`` model with its cosine schedule, sigma_max ~ 2e4).  Such a network then gives a
+    poor image instead of a fixed-point overflow.  For the linear schedule of the shipped models
+    (sigma_max ~ 157) this is `RECONSTRUCTION_FRAC_BITS` itself.
+    """
+    return min(RECONSTRUCTION_FRAC_BITS, choose_frac_bits(1.0, math.sqrt(1.0 + float(sigma_max) ** 2)))
 
 
 def noise_std(observation: Observation) -> float:
@@ -164,27 +181,30 @@ def run_reconstruction(
     slices: range | None = None,
     y_override: torch.Tensor | None = None,
     method_options: dict[str, Any] | None = None,
+    spacing: str = "trailing",
+    start_sigma: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReconstructionRun:
     """The algorithm of the module docstring on ``observation`` (optionally only ``slices``).
 
     ``y_override`` (shaped like ``observation.y``) replaces the measurement (used to measure the
     sensitivity to a perturbed observation).  ``progress(n)`` is called after each batch with the
-    number of slices done.
+    number of slices done.  ``spacing`` / ``start_sigma``: the sampling grid
+    (`Schedule.sigmas`; a ``start_sigma`` below ``sigma_max`` starts from ``A^H y / s + start_sigma n``).
     """
     if steps < 1:
         raise MedinvertError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
         raise MedinvertError(f"batch size must be >= 1, got {batch_size}")
     solver = get_solver(method)
+    sigmas = schedule.sigmas(steps, spacing, start=start_sigma)
     given = dict(method_options or {})
     if method == "exact":
-        given.setdefault("frac_bits", RECONSTRUCTION_FRAC_BITS)
+        given.setdefault("frac_bits", reconstruction_frac_bits(float(sigmas[0])))
     options = solver.options(**given)
     obs = observation if y_override is None else _with_y(observation, y_override)
     scale = robust_scale(observation.adjoint)
     sigma_y = noise_std(observation) / scale
-    sigmas = schedule.sigmas(steps)
     x_size, y_size, z_size = obs.shape
     selected = range(z_size) if slices is None else slices
     output = torch.zeros((z_size, x_size, y_size), dtype=torch.float32)
@@ -204,7 +224,12 @@ def run_reconstruction(
         denoiser = Denoiser(net, schedule, prediction=prediction, cond=cond, extra=extra, guidance=guidance)
         dc = DataConsistentDenoiser(denoiser, operator, y, sigma_y)
         start = adjoint + sigmas[0].item() * start_noise(base_seed, chunk, (x_size, y_size))
-        x0 = solver.generate(dc, start, sigmas, **options).to(torch.float64)
+        try:
+            x0 = solver.generate(dc, start, sigmas, **options).to(torch.float64)
+        except NumericalError as exc:  # overflow / NaN: name the file and the slice, stop this volume
+            if exc.batch_index is not None and 0 <= exc.batch_index < len(chunk):
+                raise exc.at_slice(chunk[exc.batch_index], observation.source) from None
+            raise NumericalError(f"{exc.reason} (slices {chunk[0]}-{chunk[-1]})", observation.source) from None
         if sigma_y == 0.0:
             x0 = final_projection(operator, x0, y)
         nfe += denoiser.nfe

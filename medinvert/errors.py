@@ -23,4 +23,27 @@ class MedinvertError(Exception):
 
 
 class NumericalError(MedinvertError):
-    """A numerical guard tripped: fixed-point overflow, NaN/Inf produced by the network."""
+    """A numerical guard tripped: fixed-point overflow, NaN/Inf produced by the network.
+
+    ``batch_index`` is the position along dim 0 of the slice batch where it tripped (None when not
+    known); `at_slice` turns it into the volume's slice index and names the file, for the message a
+    user sees ("... in slice 7 (array axis 2)").
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None, *, batch_index: int | None = None) -> None:
+        super().__init__(message, path)
+        self.reason = " ".join(str(message).split())
+        self.batch_index = batch_index
+        self.slice_index: int | None = None
+
+    def at_slice(self, slice_index: int, path: str | Path | None = None) -> "NumericalError":
+        """A copy whose message says ``slice <slice_index> (array axis 2)`` instead of the batch element."""
+        where = f"slice {slice_index} (array axis 2)"
+        text = self.reason
+        if self.batch_index is not None and f"batch element {self.batch_index}" in text:
+            text = text.replace(f"batch element {self.batch_index}", where)
+        else:
+            text = f"{text} ({where})"
+        located = NumericalError(text, path)
+        located.slice_index = slice_index
+        return located

@@ -35,19 +35,20 @@ installed, else ``"random"``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from medinvert.errors import MedinvertError
+from medinvert.errors import MedinvertError, NumericalError
 from medinvert.latent import Latent
 from medinvert.schedule import Schedule, make_schedule
 
@@ -62,6 +63,7 @@ __all__ = [
     "random_network",
     "default_model",
     "resolve_network",
+    "check_model_modality",
     "invert",
     "generate",
     "roundtrip",
@@ -77,6 +79,8 @@ RANDOM_ARCHITECTURE: dict[str, Any] = {
 #: schedule used for networks whose configuration names none (the training default)
 DEFAULT_SCHEDULE: dict[str, Any] = {"kind": "cosine"}
 _SCHEDULE_KEYS = ("kind", "num_train_timesteps", "beta_start", "beta_end")
+#: largest difference (mm) between entries of two affines still counted as the same geometry
+AFFINE_TOLERANCE = 1e-3
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: source metadata copied into the latent (JSON-able values only)
 _META_KEYS = ("filename_or_obj", "modality", "source_format", "stored_dtype", "stored_shape", "qform_code",
@@ -95,6 +99,8 @@ class ResolvedNetwork:
             ``sha256_of`` (file / state_dict), ``architecture``.
         n_cond_channels: extra conditioning image channels ``E`` the network expects.
         descriptor_dim: length ``K`` of its condition descriptor (None if unknown).
+        modality: canonical modality its checkpoint was trained on (``t1``, ``t1ce``, ``t2``,
+            ``flair``), None when unknown or multi-contrast (see `check_model_modality`).
     """
 
     net: nn.Module
@@ -103,6 +109,7 @@ class ResolvedNetwork:
     reference: dict[str, Any]
     n_cond_channels: int
     descriptor_dim: int | None
+    modality: str | None = None
 
 
 # ---------------------------------------------------------------------- networks
@@ -167,7 +174,33 @@ def _wrap(net: nn.Module, config: dict[str, Any], reference: dict[str, Any]) -> 
     reference = {**reference, "architecture": arch or {"class": type(net).__name__}}
     descriptor_dim = arch.get("descriptor_dim")
     return ResolvedNetwork(net, _schedule_from(config), str(prediction), reference,
-                           int(arch.get("n_cond_channels", 0)), None if descriptor_dim is None else int(descriptor_dim))
+                           int(arch.get("n_cond_channels", 0)), None if descriptor_dim is None else int(descriptor_dim),
+                           _canonical_modality(config.get("modality")))
+
+
+def _canonical_modality(value: Any) -> str | None:
+    """``"t2w"`` -> ``"t2"``; None for anything that is not one of the shipped models' modalities."""
+    from medinvert.models.registry import ALIASES, MODEL_NAMES
+
+    if not isinstance(value, str):
+        return None
+    key = ALIASES.get(value.strip().lower(), value.strip().lower())
+    return key if key in MODEL_NAMES else None
+
+
+def check_model_modality(net: ResolvedNetwork, modality: str | None, path: Any = None) -> None:
+    """Refuse a network trained on another modality than the volume's.
+
+    ``modality`` is the volume's (guessed from its file or series name, `medinvert.io.guess_modality`).
+    Nothing is checked when either side is unknown (an un-named volume, the ``random`` model, a
+    multi-contrast ``--modality all`` checkpoint).  Raises `MedinvertError` naming ``path``.
+    """
+    want = _canonical_modality(modality)
+    if want is None or net.modality is None or want == net.modality:
+        return
+    name = net.reference.get("name") or net.reference.get("path") or "the model"
+    raise MedinvertError(f"model {name} was trained on {net.modality} images but this volume is {want} (from its "
+                         f"name); use the {want} model, or pass --allow-modality-mismatch to use it anyway", path=path)
 
 
 def _module_reference(net: nn.Module) -> dict[str, Any]:
@@ -363,23 +396,33 @@ def _bits_differ(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- conditions
-def _condition(condition: Any, shape: tuple[int, int, int], net: ResolvedNetwork) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _condition(condition: Any, shape: tuple[int, int, int], net: ResolvedNetwork,
+               affine: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(descriptor (K,), image (X, Y, Z) or None)`` of a condition argument.
 
     ``condition``: None (null condition), an `medinvert.operators.Observation` or the path of one
     (its descriptor, and its adjoint image ``A^H y`` when the network takes a conditioning channel),
-    or a descriptor vector of length ``K``.
+    or a descriptor vector of length ``K``.  An observation must have the volume's shape and, when
+    ``affine`` (the volume's geometry) is given, its affine (entries within `AFFINE_TOLERANCE` mm).
     """
     if condition is None:
         return None, None
+    label = None
     if isinstance(condition, (str, os.PathLike)):
         from medinvert.operators import Observation
 
+        label = os.fspath(condition)
         condition = Observation.load(condition)
     image = None
     if hasattr(condition, "descriptor") and hasattr(condition, "adjoint"):
         if tuple(condition.shape) != tuple(shape):
-            raise MedinvertError(f"the condition's observation has shape {tuple(condition.shape)}, the volume {shape}")
+            raise MedinvertError(f"the condition's observation has shape {tuple(condition.shape)}, the volume {shape}; "
+                                 "it belongs to another volume", path=label)
+        observed = np.asarray(condition.affine.detach().cpu().numpy() if isinstance(condition.affine, torch.Tensor)
+                              else condition.affine, dtype=np.float64)
+        if affine is not None and not np.allclose(observed, affine, rtol=0.0, atol=AFFINE_TOLERANCE):
+            raise MedinvertError("the condition's observation has another affine (geometry) than the volume; it "
+                                 "belongs to another volume", path=label)
         descriptor = condition.descriptor.detach().cpu().numpy().astype(np.float32)
         if net.n_cond_channels:
             image = condition.adjoint.detach().cpu().numpy().astype(np.float32)
@@ -450,6 +493,7 @@ def invert(
     spacing: str = "trailing",
     dtype: str = "float32",
     threads: int | None = None,
+    require_modality_match: bool = False,
     **method_options: Any,
 ) -> Latent:
     """Invert a volume to the latent at the top of the noise schedule.
@@ -467,6 +511,8 @@ def invert(
         dtype: ``"float32"`` or ``"float64"``: network compute dtype and float state dtype (the
             ``exact`` state is int64 whatever the dtype).
         threads: intra-op threads (default `medinvert.determinism.default_threads`); recorded.
+        require_modality_match: refuse a checkpoint trained on another modality than the volume's
+            (`check_model_modality`; the CLI's default).
         **method_options: the method's options (``p`` for edict, ``gamma`` for bdia, ``scheme`` /
             ``frac_bits`` for exact, ``method`` / ``rtol`` / ``atol`` / ``options`` for ode).
 
@@ -491,7 +537,10 @@ def invert(
     x, y, z = (int(s) for s in source.data.shape)
     shape = (x, y, z)
     net = resolve_network(model, modality=source.meta.get("modality"))
-    descriptor, image = _condition(condition, shape, net)
+    if require_modality_match:
+        check_model_modality(net, source.meta.get("modality"), source.path)
+    geometry = source.affine if source.path is not None or getattr(volume, "affine", None) is not None else None
+    descriptor, image = _condition(condition, shape, net, geometry)
     if guidance != 1.0 and descriptor is None:
         raise MedinvertError(f"guidance {guidance} needs a condition (pass condition=...)")
     sigmas = net.schedule.sigmas(steps, spacing)
@@ -499,7 +548,7 @@ def invert(
     batch = _to_batch(source.data / scale)
     torch_dtype = _DTYPES[dtype_name]
     denoiser = _denoiser(net, torch_dtype, batch_size, guidance, descriptor, image, shape, scale)
-    with deterministic(threads):
+    with deterministic(threads), _slice_errors(source.path):
         start = time.perf_counter()
         state = spec.invert(denoiser, batch if method == "exact" else batch.to(torch_dtype), sigmas, **options)
         seconds = time.perf_counter() - start
@@ -514,6 +563,18 @@ def invert(
         nifti_header=source.header, patch_index=patch_index, patch_values=patch_values,
         cond_descriptor=descriptor, cond_image=image, version=__version__, stats=stats,
     )
+
+
+@contextlib.contextmanager
+def _slice_errors(path: str | None) -> Iterator[None]:
+    """Re-raise a solver's `NumericalError` naming the file and the slice (the batch is the volume's
+    slices ``(Z, 1, X, Y)``, so batch element ``k`` is slice ``k``)."""
+    try:
+        yield
+    except NumericalError as exc:
+        if exc.batch_index is None:
+            raise NumericalError(exc.reason, path) from None
+        raise exc.at_slice(exc.batch_index, path) from None
 
 
 def _exception_patch(state: Any, batch: torch.Tensor, original: torch.Tensor, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -556,7 +617,7 @@ def generate(latent: Latent | str | os.PathLike[str], model: Any = None) -> "Met
     spec = get_solver(latent.method)
     denoiser = _denoiser(net, _DTYPES[latent.dtype], latent.batch_size, latent.guidance, latent.cond_descriptor,
                          latent.cond_image, latent.shape, latent.scale)
-    with deterministic(latent.threads):
+    with deterministic(latent.threads), _slice_errors(latent.source):
         start = time.perf_counter()
         out = spec.generate(denoiser, latent.state, latent.sigma_tensor(), **latent.options)
         seconds = time.perf_counter() - start

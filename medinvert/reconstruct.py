@@ -125,7 +125,8 @@ def _lipschitz(net: torch.nn.Module, prediction: str, schedule: Any, steps: int,
 
     ``empirical=False`` (``checks="none"``) skips the power iteration (the estimate is then None).
 
-    For v-prediction ``eps = sqrt(1 - abar) x + sqrt(abar) v(x)``, so ``Lip(eps) <= 1 + Lip(v)``.
+    For v-prediction ``eps = sqrt(1 - abar) x + sqrt(abar) v(x)``, so ``Lip(eps) <= 1 + Lip(v)``; for
+    ``edm_adjoint`` see `_eps_offset`.
     """
     from medinvert.models.lipschitz import lipschitz_empirical, lipschitz_upper_bound
 
@@ -136,13 +137,32 @@ def _lipschitz(net: torch.nn.Module, prediction: str, schedule: Any, steps: int,
     probe_shape = (1, input_shape[1], min(64, shape[0]), min(64, shape[1]))  # a 64x64 probe keeps it cheap
     estimate = (lipschitz_empirical(net, probe_shape, t=times[len(times) // 2], cond=cond, n_iter=8)
                 if empirical else None)
-    offset = 1.0 if prediction in ("v", "v_adjoint") else 0.0
+    offset = _eps_offset(prediction, [float(s) for s in schedule.sigmas(steps)[:-1]])
     return {"network_bound_any_time": bound_all, "network_bound": bound_sampling, "network_empirical": estimate,
             "prediction": prediction, "bound": offset + bound_sampling, "empirical": estimate,
             "what": "Lipschitz constant in x (Euclidean norm, per slice) of the network output and of eps "
                     "(bound, = 1 + network bound for v-prediction); network_bound = analytic upper bound at "
                     "the sampling times (network_bound_any_time: for every t); empirical = power iteration "
                     "on J^T J of the network at the middle sampling time on a 64x64 probe (a lower bound)"}
+
+
+def _eps_offset(prediction: str, sigmas: list[float]) -> float:
+    """``a`` in ``Lip_x(eps) <= a + Lip_x(network)`` at the sampling levels ``sigmas`` (all > 0).
+
+    v / v_adjoint: ``eps = sqrt(1 - abar) x + sqrt(abar) out`` gives ``a = 1``.  edm_adjoint
+    (`medinvert.denoiser`): ``eps = ((1 - c_skip) (xbar - m) - c_out out) / sigma`` with
+    ``xbar = sqrt(1 + sigma^2) x``; ``c_out / sigma <= 1`` and the skip part contributes
+    ``a = max_sigma sqrt(1 + sigma^2) sigma / (sigma^2 + s_d^2)`` (largest for the smaller ``s_d``).
+    eps-prediction: ``a = 0``.
+    """
+    if prediction in ("v", "v_adjoint"):
+        return 1.0
+    if prediction == "edm_adjoint":
+        from medinvert.denoiser import SIGMA_DATA_GUESS
+
+        sd2 = SIGMA_DATA_GUESS ** 2
+        return max(math.sqrt(1 + s * s) * s / (s * s + sd2) for s in sigmas if s > 0)
+    return 0.0
 
 
 def _bounds(lip: float, schedule: Any, steps: int) -> dict[str, Any]:

@@ -170,7 +170,8 @@ class Schedule:
         }
 
     # ------------------------------------------------------------------ sampling grids
-    def sigmas(self, steps: int, spacing: str = "trailing", *, steps_offset: int = 0, rho: float = 7.0) -> torch.Tensor:
+    def sigmas(self, steps: int, spacing: str = "trailing", *, steps_offset: int = 0, rho: float = 7.0,
+               start: float | None = None) -> torch.Tensor:
         """The sampling grid: a strictly decreasing float64 tensor of length ``steps + 1``.
 
         The last entry is exactly ``0.0`` (the clean point, ``abar = 1``).  Spacings:
@@ -179,9 +180,17 @@ class Schedule:
           ``round(N - i N / steps) - 1``, ``i = 0 .. steps-1``; starts at ``sigma_max``.
         - ``"leading"`` (DDIM / diffusers): timesteps ``(steps-1-i) * (N // steps) + steps_offset``.
         - ``"linspace"``: continuous ``t_i = 1 - i / steps`` (equals trailing when ``steps`` divides ``N``).
-        - ``"karras"`` (Karras et al. 2022, eq. 5): ``rho``-spaced between `sigma_max` and
-          `sigma_min`, then ``0``.
+        - ``"karras"`` (Karras et al. 2022, eq. 5): ``rho``-spaced between `sigma_max` (or ``start``)
+          and `sigma_min`, then ``0``.
+
+        ``start`` (karras only): begin at this noise level instead of `sigma_max` -- a truncated grid
+        for samplers that start from a partly noised guess (SDEdit, Meng et al. 2022; "come closer
+        diffuse faster", Chung et al. 2022).
         """
+        if start is not None and spacing != "karras":
+            raise MedinvertError(f"a start noise level needs the 'karras' spacing, got {spacing!r}")
+        if start is not None and not (self.sigma_min < float(start) <= self.sigma_max):
+            raise MedinvertError(f"start sigma must lie in ({self.sigma_min:.4g}, {self.sigma_max:.6g}], got {start}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise MedinvertError(f"steps must be a positive integer, got {steps!r}")
         n = self.num_train_timesteps
@@ -200,10 +209,11 @@ class Schedule:
         elif spacing == "karras":
             if not rho > 0:
                 raise MedinvertError(f"karras rho must be positive, got {rho}")
-            hi, lo = self.sigma_max ** (1 / rho), self.sigma_min ** (1 / rho)
+            top = self.sigma_max if start is None else float(start)
+            hi, lo = top ** (1 / rho), self.sigma_min ** (1 / rho)
             ramp = i / (steps - 1) if steps > 1 else torch.zeros(1, dtype=torch.float64)
             sig = (hi + ramp * (lo - hi)) ** rho
-            sig[0] = self.sigma_max
+            sig[0] = top
             return _finish_grid(sig, spacing)
         else:
             raise MedinvertError(f"unknown timestep spacing {spacing!r}; valid: {', '.join(SPACINGS)}")

@@ -112,7 +112,8 @@ def test_brats_folder_with_corruption_and_resume(capsys, tmp_path, model, make_b
     root = tmp_path / "brats"
     make_brats_case(root, "BraTS2021_00007", shape=(24, 20, 4))
     out = tmp_path / "out"
-    select = ["--modalities", "t1,t2f"]  # two of the four modalities (BraTS 2023 alias for flair); seg never
+    select = ["--modalities", "t1,t2f",  # two of the four modalities (BraTS 2023 alias for flair); seg never
+              "--allow-modality-mismatch"]  # the tiny test model is a t1 checkpoint
     code, stdout, stderr = _run(capsys, "reconstruct", root, "--corruption", "kspace:4", "--out", out,
                                 "--model", model, *select, *FAST)
     assert code == 0, stderr

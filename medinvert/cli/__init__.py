@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "invert": "invert",
     "generate": "generate",
     "roundtrip": "roundtrip",
+    "edit": "edit",
     "reconstruct": "reconstruct",
     "evaluate": "evaluate",
     "demo": "demo",

@@ -17,6 +17,13 @@ volume share one mask, reruns give identical bytes.  Parameters and output names
 all volumes first; then each volume is loaded, validated and corrupted completely before DIR is
 created or any of its files is written (so a bad input leaves nothing of its own behind); every
 file is written atomically.  Existing outputs are an error unless ``--overwrite``.
+
+Batches keep going: with several volumes, one that cannot be read or corrupted is reported in one
+line on stderr (``medinvert corrupt: failed STEM: ...``) and skipped, the others are written, and
+the run ends with ``wrote N corrupted volume(s) to DIR, K failed`` and exit code 2 (1 if a failure
+was an internal error).  With a single volume the line is the usual ``medinvert corrupt: error:``.
+Hidden temporary files a killed earlier run left for these outputs are deleted before writing;
+outputs are deterministic, so rerunning a killed batch with ``--overwrite`` gives the same bytes.
 """
 
 from __future__ import annotations
@@ -133,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     from medinvert.errors import MedinvertError
     from medinvert.io import ensure_not_input, find_cases, load_volume, save_volume, volume_stem
+    from medinvert.io.atomic import remove_stale_temporaries
     from medinvert.io.naming import parse_brats_name
     from medinvert.operators.observation import observation_paths
     from medinvert.transforms.corrupt import apply_transform, make_transform
@@ -175,17 +183,27 @@ def run(args: argparse.Namespace) -> int:
             if target.exists() and not args.overwrite:
                 raise MedinvertError("output exists; pass --overwrite to replace it", path=target)
 
-    written = 0
+    written, failed, internal = 0, 0, False
     for case, case_jobs in tqdm(plan, desc="corrupt", unit="case", file=sys.stderr, disable=None):
         for _, path, stem, outputs in case_jobs:
-            volume = load_volume(path, series_uid=case.series_uid)
-            observation = apply_transform(transform, volume, seed=args.seed, name=stem)
-            corrupted, mask_path, _, _ = outputs
-            out.mkdir(parents=True, exist_ok=True)
-            observation.save(out / stem)
-            save_volume(observation.mask.numpy().astype(np.uint8), mask_path, reference=volume, dtype=np.uint8)
-            save_volume(observation.image(), corrupted, reference=volume)
+            try:
+                volume = load_volume(path, series_uid=case.series_uid)
+                observation = apply_transform(transform, volume, seed=args.seed, name=stem)
+                corrupted, mask_path, _, _ = outputs
+                out.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(outputs)
+                observation.save(out / stem)
+                save_volume(observation.mask.numpy().astype(np.uint8), mask_path, reference=volume, dtype=np.uint8)
+                save_volume(observation.image(), corrupted, reference=volume)
+            except Exception as exc:  # noqa: BLE001 - a bad volume must not stop the others
+                if len(jobs) == 1:
+                    raise
+                failed += 1
+                internal = internal or not isinstance(exc, MedinvertError)
+                kind = "" if isinstance(exc, MedinvertError) else f"internal error: {type(exc).__name__}: "
+                tqdm.write(f"medinvert corrupt: failed {stem}: {kind}{' '.join(str(exc).split())}", file=sys.stderr)
+                continue
             written += 1
             tqdm.write(f"{stem}: {_summary(observation)} -> {corrupted}", file=sys.stdout)
-    print(f"wrote {written} corrupted volume(s) to {out}")
-    return 0
+    print(f"wrote {written} corrupted volume(s) to {out}" + (f", {failed} failed" if failed else ""))
+    return (1 if internal else 2) if failed else 0

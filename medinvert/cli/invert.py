@@ -4,7 +4,8 @@ Inverts a volume (NIfTI file, DICOM series folder or file) to a latent file (for
 docs/latent-format.md) that `medinvert generate` maps back -- bit-identically for ``--method exact``.
 Everything is validated (options, output names, the input volume, the model) before anything is
 written; the latent and the report are written atomically; an existing output needs
-``--overwrite``; an input is never overwritten.
+``--overwrite``; an input is never overwritten.  A checkpoint trained on another modality than the
+volume's (both known) is refused unless ``--allow-modality-mismatch``.
 
 The report JSON (``--report``) holds ``method``, ``steps``, ``nfe``, ``nfe_per_step``, ``seconds``
 (the solver loop), ``seconds_total`` (load + model + inversion), ``dtype``, ``batch_size``,
@@ -94,6 +95,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="LATENT.npz", help="latent file to write (.npz)")
     parser.add_argument("--report", default=None, metavar="FILE.json", help="also write a JSON report")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--allow-modality-mismatch", action="store_true",
+                        help="use a checkpoint trained on another modality than the volume's (refused by default)")
     add_engine_arguments(parser)
     return parser
 
@@ -133,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.volume).exists():
         raise MedinvertError("no such file or folder", path=args.volume)
 
-    latent = invert(args.volume, args.model, condition=args.condition, **kwargs)
+    latent = invert(args.volume, args.model, condition=args.condition,
+                    require_modality_match=not args.allow_modality_mismatch, **kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
     latent.save(out)
     stats = latent.stats

@@ -19,11 +19,20 @@ Behaviour:
 * Everything that can be checked without reconstructing (options, corruption spec, input discovery,
   output names, the reference, the models) is checked before anything is written.
 * Resumable: a volume whose output files all exist is skipped (said on stderr) unless
-  ``--overwrite``; a volume with only some of its files (an interrupted run) is redone.
+  ``--overwrite``; a volume with only some of its files (an interrupted run) is redone, and the
+  hidden temporary files a killed run may have left for its outputs are deleted first
+  (`medinvert.io.atomic.remove_stale_temporaries`).  A killed and restarted run ends with the same
+  bytes as an uninterrupted one.
 * Batch semantics: a volume that fails is reported in one line on stderr and skipped, the others
-  finish; the run ends with ``N done, M skipped, K failed`` and exit code 2 if any failed.
+  finish; the run ends with ``N done, M skipped, K failed`` on stdout and exit code 0 when none
+  failed, 2 when any failed with an input / numerical error, 1 when any failed with an internal
+  error.  With a single volume the line is the usual ``medinvert reconstruct: error: ...``.
+* Nothing is left behind by a run that produced nothing: when no volume was done or skipped,
+  ``summary.csv`` is not written and an output folder this run created is removed again.
 * ``--model`` defaults to the shipped model of the volume's modality (``t1`` when unknown,
-  `medinvert.engine.default_model_name`).
+  `medinvert.engine.default_model_name`).  A checkpoint trained on another modality than the
+  volume's (both known) fails that volume unless ``--allow-modality-mismatch``
+  (`medinvert.inversion.check_model_modality`).
 * Under ``torchrun --nproc_per_node=N -m medinvert reconstruct ...`` volume ``i`` goes to rank
   ``i % N`` (gloo on the CPU, nccl on CUDA: `medinvert.train.distributed`); each rank writes its own
   volumes' files, rank 0 gathers the rows (``all_gather_object``) and writes ``summary.csv``.
@@ -99,6 +108,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="with --corruption: only these modalities, e.g. t1,flair (BraTS 2023 names accepted)")
     parser.add_argument("--save-latent", action="store_true", help="also write <stem>_latent.npz (exact inversion)")
     parser.add_argument("--overwrite", action="store_true", help="redo volumes whose outputs already exist")
+    parser.add_argument("--allow-modality-mismatch", action="store_true",
+                        help="use a checkpoint trained on another modality than the volume's (refused by default)")
     return parser
 
 
@@ -314,18 +325,23 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     Raises `MedinvertError` (and anything else) for the caller to report; nothing partial is left
     behind because every file is written atomically.
     """
+    from medinvert.inversion import check_model_modality
     from medinvert.io import load_volume
+    from medinvert.io.atomic import remove_stale_temporaries
     from medinvert.reconstruct import reconstruct_volume
     from medinvert.report import output_paths, read_json_report, write_outputs
 
     out = Path(args.out)
     paths = output_paths(out, job.stem, save_latent=args.save_latent)
+    remove_stale_temporaries(paths.files)  # a killed earlier run's half-written files (ours alone)
     if paths.complete() and not args.overwrite:
         try:
             previous = read_json_report(paths.report_json)
         except Exception:  # noqa: BLE001 - the summary only loses the numbers
             previous = None
         return _row(job, "skipped", paths.recon, previous, "outputs exist (--overwrite to redo)")
+    if not getattr(args, "allow_modality_mismatch", False):
+        check_model_modality(models[model_name_for(job, args.model)], job.modality, job.source)
     source_volume = None
     if job.kind == "volume":
         source_volume = load_volume(job.source, series_uid=job.series_uid)
@@ -371,10 +387,13 @@ def write_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 # ---------------------------------------------------------------------------- command
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from tqdm import tqdm
 
     from medinvert.errors import MedinvertError
     from medinvert.io import load_volume
+    from medinvert.io.atomic import remove_stale_temporaries
     from medinvert.train.distributed import init_distributed, shutdown_distributed
 
     _validate_options(args)
@@ -391,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
     context = init_distributed(args.device)
     try:
         mine = [job for job in jobs if job.index % context.world_size == context.rank]
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         rows = []
         desc = "reconstruct" if context.world_size == 1 else f"reconstruct [rank {context.rank}/{context.world_size}]"
@@ -399,10 +419,13 @@ def run(args: argparse.Namespace) -> int:
             try:
                 row = reconstruct_job(job, args, models, str(context.device), reference=reference, progress=single)
             except Exception as exc:  # noqa: BLE001 - a bad volume must not stop the others
-                kind = "" if isinstance(exc, MedinvertError) else f"internal error: {type(exc).__name__}: "
+                internal = not isinstance(exc, MedinvertError)
+                kind = f"internal error: {type(exc).__name__}: " if internal else ""
                 message = kind + " ".join(str(exc).split())
-                tqdm.write(f"medinvert reconstruct: failed {job.stem}: {message}", file=sys.stderr)
+                prefix = f"failed {job.stem}: " if len(jobs) > 1 else ("" if internal else "error: ")
+                tqdm.write(f"medinvert reconstruct: {prefix}{message}", file=sys.stderr)
                 row = _row(job, "failed", None, None, message)
+                row["internal"] = internal
             else:
                 if row["status"] == "skipped":
                     tqdm.write(f"medinvert reconstruct: skipped {job.stem}: outputs exist (--overwrite to redo)",
@@ -414,13 +437,23 @@ def run(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             gathered: list[Any] = [None] * context.world_size
-            dist.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
+            dist.all_gather_object(gathered, (rows, created))
+            rows = [row for part, _ in gathered for row in part]
+            created = any(flag for _, flag in gathered)
         counts = {status: sum(1 for r in rows if r["status"] == status) for status in ("done", "skipped", "failed")}
         if context.is_main:
-            summary = write_summary(out / "summary.csv", rows)
-            print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
-                  f"(summary: {summary})", flush=True)
+            if counts["done"] or counts["skipped"]:
+                remove_stale_temporaries([out / "summary.csv"])
+                where = f"summary: {write_summary(out / 'summary.csv', rows)}"
+            else:  # nothing produced: leave nothing behind
+                where = "nothing written"
+                if created:
+                    with contextlib.suppress(OSError):
+                        out.rmdir()  # only when empty
+            print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed ({where})",
+                  flush=True)
     finally:
         shutdown_distributed(context)
+    if any(r.get("internal") for r in rows):
+        return 1
     return 2 if counts["failed"] else 0

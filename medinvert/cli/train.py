@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="feature channels per UNet level, comma separated (default 32,64,128)")
     p.add_argument("--no-spectral-norm", action="store_true",
                    help="train without spectral normalisation (ablation; the Lipschitz bound is then loose)")
+    p.add_argument("--prediction", default=None, choices=["eps", "v", "v_adjoint", "edm_adjoint"],
+                   help="network output parameterisation (default: the TrainConfig default, see docs/models.md)")
+    p.add_argument("--sn-target", type=float, default=None,
+                   help="per-layer spectral-norm target (default 1.0; larger = less constrained)")
     p.add_argument("--lipschitz-penalty", type=float, default=0.0, help="weight lambda of the Lipschitz hinge")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
@@ -49,11 +54,21 @@ def run(args: argparse.Namespace) -> int:
             raise MedinvertError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
     if args.no_spectral_norm:
         architecture["spectral_norm"] = False
+    if args.sn_target is not None:
+        if not args.sn_target > 0:
+            raise MedinvertError(f"--sn-target must be > 0, got {args.sn_target}")
+        architecture["sn_target"] = float(args.sn_target)
+    extra = {} if args.prediction is None else {"prediction": args.prediction}
     config = TrainConfig(architecture=architecture, data=args.data, modality=args.modality, out=args.out, steps=args.steps, dim=args.dim,
                          batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                          lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup)
+                         seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup, **extra)
     config.validate()
+    out = Path(args.out)
+    if out.is_dir():
+        raise MedinvertError("--out names a folder; expected a checkpoint file name (.pt)", path=out)
+    if out.exists() and not args.resume:  # refused before any data is loaded
+        raise MedinvertError("checkpoint exists; pass --resume to continue it or choose another --out", path=out)
     context = init_distributed(args.device)
     try:
         path = train(config, context, resume=args.resume, progress=not args.no_progress)

@@ -6,19 +6,25 @@ final `os.replace` is an atomic rename on the same file system, and it keeps the
 (``.nii.gz`` included), so libraries that choose the format from the file name (nibabel) write the
 right thing.  Temporary names start with a dot (``.<stem>.tmp-XXXXXXXX<suffix>``) so folder scans
 (`medinvert.io.find_cases`) skip them.
+
+A process killed between creating and renaming its temporary file (SIGKILL, power loss) leaves that
+hidden file behind; `remove_stale_temporaries` deletes the ones belonging to given targets, and
+batch commands call it for their own outputs before they write them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from medinvert.errors import MedinvertError
 
-__all__ = ["atomic_write_path", "atomic_write_bytes", "atomic_write_text", "split_suffix"]
+__all__ = ["atomic_write_path", "atomic_write_bytes", "atomic_write_text", "split_suffix", "temporary_names",
+           "remove_stale_temporaries"]
 
 #: multi-part suffixes recognised when naming temporary files (longest first)
 _MULTI_SUFFIXES = (".nii.gz", ".tar.gz", ".json.gz", ".npy.gz")
@@ -96,3 +102,29 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically (newlines written as given); returns ``Path(path)``."""
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def temporary_names(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files `atomic_write_path` may have left for ``path``: ``.<stem>.tmp-XXXXXXXX<suffix>``
+    in its folder (sorted; empty when the folder does not exist)."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    stem, suffix = split_suffix(target.name)
+    pattern = re.compile(re.escape(f".{stem}.tmp-") + r"[A-Za-z0-9_]{8}" + re.escape(suffix) + r"\Z")
+    return sorted(p for p in target.parent.iterdir() if pattern.match(p.name) and p.is_file())
+
+
+def remove_stale_temporaries(paths: "list[str | os.PathLike[str]]") -> list[Path]:
+    """Delete the leftover temporary files of ``paths`` (see `temporary_names`); returns what was removed.
+
+    Call it only for outputs no other live process is writing (a batch calls it for its own volumes
+    before writing them): a temporary file being written right now would be deleted too.
+    """
+    removed = []
+    for path in paths:
+        for leftover in temporary_names(path):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed.append(leftover)
+    return removed

@@ -33,6 +33,7 @@ import numpy as np
 from medinvert.errors import MedinvertError
 from medinvert.io.naming import DICOM_SUFFIXES, guess_modality, is_nifti_name
 from medinvert.io.nifti import check_voxel_count, exception_reason, make_meta_tensor
+from medinvert.io.quiet import quiet_readers
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.data import MetaTensor
@@ -157,6 +158,7 @@ def iter_image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+@quiet_readers()
 def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Dataset"]]]:
     """Group DICOM image files by SeriesInstanceUID -> [(path, dataset)], in sorted path order.
 

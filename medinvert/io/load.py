@@ -14,6 +14,7 @@ from medinvert.errors import MedinvertError
 from medinvert.io.dicom import read_dicom_file, read_dicom_folder
 from medinvert.io.naming import is_nifti_name
 from medinvert.io.nifti import read_nifti
+from medinvert.io.quiet import quiet_readers
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.data import MetaTensor
@@ -57,17 +58,18 @@ def load_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
     p = Path(path)
     if not p.exists():
         raise MedinvertError("no such file or folder", path=p)
-    if p.is_dir():
-        volume = read_dicom_folder(p, series_uid)
-    else:
-        if p.stat().st_size == 0:
-            raise MedinvertError("file is empty (0 bytes)", path=p)
-        if is_nifti_name(p):
-            if series_uid is not None:
-                raise MedinvertError("series_uid (--series-uid) only applies to DICOM input", path=p)
-            volume = read_nifti(p)
+    with quiet_readers():  # header repairs and reader warnings never reach stderr (one line per bad file)
+        if p.is_dir():
+            volume = read_dicom_folder(p, series_uid)
         else:
-            volume = read_dicom_file(p, series_uid)
+            if p.stat().st_size == 0:
+                raise MedinvertError("file is empty (0 bytes)", path=p)
+            if is_nifti_name(p):
+                if series_uid is not None:
+                    raise MedinvertError("series_uid (--series-uid) only applies to DICOM input", path=p)
+                volume = read_nifti(p)
+            else:
+                volume = read_dicom_file(p, series_uid)
     _check_finite(volume, p)
     return volume
 

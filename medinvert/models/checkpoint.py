@@ -28,6 +28,7 @@ import io
 import json
 import os
 import pickletools
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -172,7 +173,11 @@ def _reason(path: Path, exc: Exception) -> str:
     text = str(exc)
     if path.stat().st_size == 0:
         return "the file is empty"
-    if "zip archive" in text or isinstance(exc, zipfile.BadZipFile):
+    with open(path, "rb") as handle:
+        zipped = handle.read(2) == b"PK"
+    if zipped and not zipfile.is_zipfile(path):
+        return "truncated zip archive (no end-of-archive record)"
+    if "zip archive" in text or "archive is corrupted" in text or isinstance(exc, zipfile.BadZipFile):
         return "damaged zip archive"
     if "Weights only load failed" in text:
         return "unreadable pickle data"
@@ -190,7 +195,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not source.is_file():
         raise MedinvertError("checkpoint file not found", path=source)
     try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns (several lines) about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         if _refused_for_code(source):
             raise MedinvertError(_PICKLED_CODE, path=source) from None

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -67,10 +68,12 @@ from medinvert.solvers.fixed_point import (
     round_to_grid,
 )
 
-__all__ = ["SCHEMES", "FixedPointState", "generate", "invert", "SPEC"]
+__all__ = ["SCHEMES", "FixedPointState", "Hold", "generate", "invert", "SPEC"]
 
 #: scheme -> coordinates its integers live in
 SCHEMES: dict[str, str] = {"bdia": "x", "leapfrog": "xbar", "heun": "xbar"}
+#: ``hold(state) -> state``: hook of `generate` that may replace the state after every step
+Hold = Callable[["FixedPointState"], "FixedPointState"]
 DEFAULT_SCHEME = "bdia"
 
 
@@ -111,11 +114,18 @@ def _eps(denoiser: EpsModel, z: torch.Tensor, q: int, sigma: float, coords: str,
     """Dequantised state ``v`` (float64, in ``coords``) and eps at ``sigma`` (float64)."""
     v = dequantize(z, q)
     xbar = v * math.sqrt(1.0 + sigma * sigma) if coords == "x" else v
-    e = denoiser(xbar, sigma).to(torch.float64)
+    try:
+        e = denoiser(xbar, sigma).to(torch.float64)
+    except NumericalError as exc:  # the denoiser's NaN/Inf guard (`medinvert.denoiser`): add the step
+        if exc.batch_index is None:
+            raise
+        raise NumericalError(f"the network returned NaN/Inf eps at step {step} (sigma={sigma:.6g}) in batch element "
+                             f"{exc.batch_index}", batch_index=exc.batch_index) from None
     bad = ~torch.isfinite(e)
     if bool(bad.any()):
         index = int(torch.nonzero(bad.reshape(bad.shape[0], -1).any(dim=1))[0, 0])
-        raise NumericalError(f"the network returned NaN/Inf eps at step {step} (sigma={sigma:.6g}) in batch element {index}")
+        raise NumericalError(f"the network returned NaN/Inf eps at step {step} (sigma={sigma:.6g}) in batch element "
+                             f"{index}", batch_index=index)
     return v, e
 
 
@@ -166,6 +176,7 @@ def generate(
     scheme: str | None = None,
     frac_bits: int | None = None,
     callback: Callback | None = None,
+    hold: Hold | None = None,
 ) -> torch.Tensor:
     """Bit-exact-invertible sampling.
 
@@ -174,6 +185,12 @@ def generate(
             `invert` (then ``scheme`` / ``frac_bits`` default to the state's and must match it).
         scheme: ``"bdia"`` (default), ``"leapfrog"`` or ``"heun"``.
         frac_bits: grid exponent ``q`` for a tensor input (default: `choose_frac_bits` from its range).
+        hold: optional ``hold(state) -> state``, two-level schemes (``bdia``, ``leapfrog``) only:
+            called after every step with the new `FixedPointState` -- the pair at
+            ``state.sigmas[0:2]``, whose ``partner`` is the level just computed -- and the
+            integration continues from the state it returns (int64 tensors of the same shapes).
+            Localized editing uses it to re-impose recorded integers outside a mask
+            (`medinvert.editing`).  None (default): plain generation.
 
     Returns:
         the clean image as float64 ``(B, C, ...)``: the dequantised final integers (exactly the input
@@ -193,6 +210,8 @@ def generate(
         start = None
         z0 = quantize(values, q)
     if scheme == "heun":
+        if hold is not None:
+            raise MedinvertError("the hold hook needs a two-level scheme (bdia or leapfrog), not heun")
         if start is not None:
             y, yhat = start.z, start.partner
         else:
@@ -203,7 +222,7 @@ def generate(
     else:
         v0, e0 = _eps(denoiser, z0, q, sig[0], coords, 0)
         inc = round_to_grid(_ddim_increment(v0, e0, sig[0], sig[1], coords), q, what="increment", step=0)
-        prev, cur = z0, checked_add(z0, inc, step=0)
+        prev, cur = _apply_hold(hold, FixedPointState(scheme, q, z0, checked_add(z0, inc, step=0), tuple(sig)))
         emit(callback, method="exact", direction="generate", step=0, steps=len(sig) - 1, sigma=sig[1],
              state=FixedPointState(scheme, q, prev, cur, tuple(sig)), nfe=denoiser.nfe)
     steps = len(sig) - 1
@@ -211,6 +230,8 @@ def generate(
         v, e = _eps(denoiser, cur, q, sig[i], coords, i)
         inc = round_to_grid(_two_level_increment(v, e, sig[i - 1], sig[i], sig[i + 1], coords), q, what="increment", step=i)
         prev, cur = cur, checked_add(prev, inc, step=i)
+        if hold is not None:
+            prev, cur = _apply_hold(hold, FixedPointState(scheme, q, prev, cur, tuple(sig[i:])))
         emit(callback, method="exact", direction="generate", step=i, steps=steps, sigma=sig[i + 1],
              state=FixedPointState(scheme, q, prev, cur, tuple(sig[i:])), nfe=denoiser.nfe)
     return dequantize(cur, q)
@@ -219,6 +240,18 @@ def generate(
 def _half_step(d: float, f: torch.Tensor) -> torch.Tensor:
     """Float64 ``d/2 * f`` -- one expression shared by both directions of the Heun scheme."""
     return (0.5 * d) * f
+
+
+def _apply_hold(hold: Hold | None, state: FixedPointState) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, partner)`` of ``hold(state)`` (of ``state`` when there is no hook), checked to fit the state."""
+    if hold is None:
+        return state.z, state.partner
+    held = hold(state)
+    for name in ("z", "partner"):
+        got, want = getattr(held, name, None), getattr(state, name)
+        if not isinstance(got, torch.Tensor) or got.dtype != torch.int64 or got.shape != want.shape:
+            raise MedinvertError(f"the hold hook must return a FixedPointState with int64 {name} of shape {tuple(want.shape)}")
+    return held.z, held.partner
 
 
 def _heun_generate(denoiser: EpsModel, y: torch.Tensor, yhat: torch.Tensor, sig: list[float], q: int, callback: Callback | None) -> torch.Tensor:

@@ -72,13 +72,15 @@ def round_to_grid(values: torch.Tensor, frac_bits: int, *, what: str = "value", 
     where = "" if step is None else f" at step {step}"
     finite = torch.isfinite(scaled)
     if not bool(finite.all()):
-        raise NumericalError(f"non-finite {what}{where} in batch element {_first_bad_batch(~finite)}")
+        index = _first_bad_batch(~finite)
+        raise NumericalError(f"non-finite {what}{where} in batch element {index}", batch_index=index)
     rounded = torch.round(scaled)
     too_big = rounded.abs() >= float(LIMIT)
     if bool(too_big.any()):
+        index = _first_bad_batch(too_big)
         raise NumericalError(
             f"{what}{where} exceeds the fixed-point range |v| < 2^{62 - q} (frac_bits={q}) in batch element "
-            f"{_first_bad_batch(too_big)}; use fewer frac_bits or rescale the input"
+            f"{index}; use fewer frac_bits or rescale the input", batch_index=index
         )
     return rounded.to(torch.int64)
 
@@ -133,7 +135,7 @@ def checked_linear(terms: list[tuple[int, torch.Tensor]], *, step: int | None = 
             where = "" if step is None else f" at step {step}"
             raise NumericalError(
                 f"fixed-point overflow{where} in batch element {index}: the state would leave |z| < 2^62 "
-                "(use fewer frac_bits or rescale the input)"
+                "(use fewer frac_bits or rescale the input)", batch_index=index
             )
     out = None
     for c, z in terms:

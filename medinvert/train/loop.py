@@ -8,8 +8,10 @@ Objective (Ho et al. 2020, eq. 14, in continuous time): for a clean normalised s
 
 with ``target = v = sqrt(abar) eps - sqrt(1 - abar) x0`` (v-prediction, Salimans & Ho 2022),
 ``target = v + sqrt(1 - abar) A^H y`` (``v_adjoint``, default: v relative to the guess ``x0 = A^H y``,
-so an untrained network already reconstructs as well as the adjoint image at high noise) or
-``target = eps``.  v-prediction matters here: with eps-prediction the network must reproduce its
+so an untrained network already reconstructs as well as the adjoint image at high noise),
+``edm_adjoint`` (Karras et al. 2022 preconditioning centred on ``m = A^H y``, `medinvert.denoiser`:
+``target = (x0 - m - c_skip (xbar - m)) / c_out``, which weights the clean-image error by
+``1 / c_out^2`` -- the EDM loss weight) or ``target = eps``.  v-prediction matters here: with eps-prediction the network must reproduce its
 noisy input almost exactly at high noise (``eps ~ x_t``), which a spectrally normalised network does
 poorly, and the error is amplified by ``sigma`` in the predicted clean image; with v the conversion
 ``eps = sqrt(1 - abar) x_t + sqrt(abar) v`` carries the identity part analytically.
@@ -43,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from medinvert.denoiser import edm_coefficients, guess_spread
 from medinvert.errors import MedinvertError
 from medinvert.intensity import FOREGROUND_FRACTION, PERCENTILE
 from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
@@ -52,7 +55,10 @@ from medinvert.schedule import Schedule, make_schedule
 from medinvert.train.data import TRAINABLE_MODALITIES, SliceSamples, load_training_volumes
 from medinvert.train.distributed import DistContext
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "train", "TRAINABLE_PREDICTIONS"]
+
+#: network output parameterisations the loss supports (`medinvert.denoiser` converts them all)
+TRAINABLE_PREDICTIONS: tuple[str, ...] = ("eps", "v", "v_adjoint", "edm_adjoint")
 
 #: default architecture of the shipped models (lean enough for a CPU; see docs/models.md)
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
@@ -96,8 +102,8 @@ class TrainConfig:
             raise MedinvertError(f"batch size must be >= 1 and crop >= 16 (got {self.batch_size}, {self.crop})")
         if self.modality not in (*TRAINABLE_MODALITIES, "all"):
             raise MedinvertError(f"unknown modality {self.modality!r}; valid: {', '.join(TRAINABLE_MODALITIES)}, all")
-        if self.prediction not in ("eps", "v", "v_adjoint"):
-            raise MedinvertError(f"prediction must be 'eps', 'v' or 'v_adjoint', got {self.prediction!r}")
+        if self.prediction not in TRAINABLE_PREDICTIONS:
+            raise MedinvertError(f"prediction must be one of {', '.join(TRAINABLE_PREDICTIONS)}, got {self.prediction!r}")
         if self.dim != "2d":
             raise MedinvertError(f"training is implemented for --dim 2d only (got {self.dim!r})")
 
@@ -158,14 +164,30 @@ def diffusion_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tens
     net_in = torch.cat([x_t, adjoint * (~dropped).view(-1, 1, 1, 1)], dim=1)
     t32 = t.to(torch.float32).to(device)
     prediction_out = net(net_in, t32, cond, cond_drop=dropped)
-    target = noise if prediction == "eps" else abar.sqrt() * noise - (1 - abar).sqrt() * x0
-    if prediction == "v_adjoint":  # the network predicts v relative to x0 = adjoint (see medinvert.denoiser)
-        target = target + (1 - abar).sqrt() * net_in[:, 1:2]
+    target = _target(prediction, x0, noise, abar, net_in[:, 1:2])
     loss = F.mse_loss(prediction_out, target)
     if lipschitz_penalty > 0:
         loss = loss + lipschitz_penalty * _lipschitz_penalty(
             lambda a, b, c: net(a, b, c, cond_drop=dropped), net_in, t32, cond, prediction_out, lipschitz_target, generator)
     return loss
+
+
+def _target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor,
+            guess: torch.Tensor) -> torch.Tensor:
+    """Regression target of the network for ``x_t = sqrt(abar) x0 + sqrt(1 - abar) noise`` (all
+    ``(B, 1, H, W)``, ``abar`` ``(B, 1, 1, 1)``); ``guess`` is the adjoint channel as fed (zeros when
+    the condition is dropped).  See the module docstring and `medinvert.denoiser`."""
+    if prediction == "eps":
+        return noise
+    if prediction == "edm_adjoint":
+        sigma = ((1 - abar) / abar).sqrt()
+        xbar = x0 + sigma * noise
+        c_skip, c_out = edm_coefficients(sigma, guess_spread(guess))
+        return (x0 - guess - c_skip * (xbar - guess)) / c_out
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    if prediction == "v_adjoint":  # v relative to the guess x0 = adjoint
+        return v + (1 - abar).sqrt() * guess
+    return v
 
 
 def replica_digest(model: torch.nn.Module) -> str:

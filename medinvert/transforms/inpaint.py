@@ -18,7 +18,11 @@ from medinvert.operators.observation import Observation
 from medinvert.transforms.base import CorruptionDictTransform, CorruptionTransform, VolumeInput, gaussian_field
 from medinvert.transforms.masks import blob_mask, box_mask, slice_dropout_mask
 
-__all__ = ["RandInpaintMask", "RandInpaintMaskd", "load_mask_file", "check_user_mask"]
+__all__ = ["RandInpaintMask", "RandInpaintMaskd", "load_mask_file", "check_user_mask", "check_mask_geometry"]
+
+#: largest difference (mm) between entries of a mask file's affine and the volume's still counted as
+#: the same grid
+AFFINE_TOLERANCE = 1e-3
 
 
 def check_user_mask(mask: Any, shape: tuple[int, ...], source: str | None = None) -> torch.Tensor:
@@ -41,9 +45,25 @@ def check_user_mask(mask: Any, shape: tuple[int, ...], source: str | None = None
 
 def load_mask_file(path: str | Path) -> torch.Tensor:
     """Read a mask volume (NIfTI / DICOM, 1 = kept) with `medinvert.io.load_volume`; float32 ``(X, Y, Z)``."""
+    return as_plain_tensor(_load_mask_volume(path))
+
+
+def _load_mask_volume(path: str | Path) -> Any:
     from medinvert.io import load_volume
 
-    return as_plain_tensor(load_volume(path))
+    return load_volume(path)
+
+
+def check_mask_geometry(mask_affine: Any, volume_affine: Any, source: str | None = None) -> None:
+    """Refuse a mask file whose voxel->RAS affine differs from the volume's (entries within
+    `AFFINE_TOLERANCE` mm): same array shape on another grid would mask the wrong anatomy."""
+    a = np.asarray(as_plain_tensor(mask_affine).cpu().numpy() if isinstance(mask_affine, torch.Tensor) else mask_affine,
+                   dtype=np.float64)
+    b = np.asarray(as_plain_tensor(volume_affine).cpu().numpy() if isinstance(volume_affine, torch.Tensor)
+                   else volume_affine, dtype=np.float64)
+    if a.shape != (4, 4) or b.shape != (4, 4) or not np.allclose(a, b, rtol=0.0, atol=AFFINE_TOLERANCE):
+        raise MedinvertError("mask geometry (affine) does not match the volume's; resample the mask onto the volume's "
+                             "grid first", path=source)
 
 
 class RandInpaintMask(CorruptionTransform):
@@ -73,14 +93,18 @@ class RandInpaintMask(CorruptionTransform):
         super().__init__(mask_type=mask_type, size_fraction=size_fraction, n_blobs=n_blobs,
                          radius_fraction=list(radius_fraction), slice_fraction=slice_fraction,
                          mask_file=mask_file, sigma=sigma, snr=snr)
+        self.user_mask_affine: Any = None  # the mask file's affine (checked against file volumes)
         if mask is not None:
             self.user_mask: torch.Tensor | None = as_plain_tensor(mask).detach().cpu()
         elif self.params["mask_type"] == "file":
-            self.user_mask = load_mask_file(self.params["mask_file"])
+            loaded = _load_mask_volume(self.params["mask_file"])
+            self.user_mask = as_plain_tensor(loaded)
+            self.user_mask_affine = loaded.affine
         else:
             self.user_mask = None
 
-    def _make_mask(self, shape: tuple[int, int, int], seed: int, source: str | None) -> torch.Tensor:
+    def _make_mask(self, shape: tuple[int, int, int], seed: int, source: str | None,
+                   affine: Any = None) -> torch.Tensor:
         p = self.params
         if p["mask_type"] == "box":
             return box_mask(shape, p["size_fraction"], seed)
@@ -90,11 +114,14 @@ class RandInpaintMask(CorruptionTransform):
             return slice_dropout_mask(shape, p["slice_fraction"], seed)
         assert self.user_mask is not None
         label = p["mask_file"] if p["mask_file"] != "<array>" else source
-        return check_user_mask(self.user_mask, shape, label)
+        keep = check_user_mask(self.user_mask, shape, label)
+        if self.user_mask_affine is not None and source is not None and affine is not None:
+            check_mask_geometry(self.user_mask_affine, affine, label)  # both from files: same grid
+        return keep
 
     def _apply(self, volume: VolumeInput, mask_seed: int, noise_seed: int) -> Observation:
         shape = tuple(int(s) for s in volume.data.shape)
-        mask = self._make_mask(shape, mask_seed, volume.source)  # type: ignore[arg-type]
+        mask = self._make_mask(shape, mask_seed, volume.source, volume.affine)  # type: ignore[arg-type]
         noise = self._noise_sigma(volume)
         data = volume.data
         if noise["sigma"] > 0:
