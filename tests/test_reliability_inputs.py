@@ -414,11 +414,8 @@ for _command in ("reconstruct", "invert", "edit"):
             (_argv(ws, c, ws.volume, out, model=b(ws, tmp)), n, p)))
 
 
-#: rows whose fix lives in files of another piece of work (medinvert/cli/edit.py, medinvert/editing)
-PENDING = {
-    "wrong-modality-edit": "`medinvert edit` does not check the checkpoint's modality yet: it should call "
-                           "medinvert.inversion.check_model_modality (and offer --allow-modality-mismatch)",
-}
+#: rows known to fail, with the reason (strict xfail: a fix must remove the entry)
+PENDING: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=PENDING[c], strict=True))

@@ -49,6 +49,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default MEDINVERT_THREADS or 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--allow-modality-mismatch", action="store_true",
+                        help="use a model trained on another modality than the volume's")
     return parser
 
 
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             raise MedinvertError("no such file or folder", path=path)
 
     result = edit(args.volume, args.mask, op, args.model, method=args.method, steps=args.steps, t_edit=args.t_edit,
-                  feather=args.feather, seed=args.seed, batch_size=args.batch_size, threads=args.threads)
+                  feather=args.feather, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
+                  require_modality_match=not args.allow_modality_mismatch)
     save_volume(result.volume, out, dtype=np.float32)
     info = {**result.report, "input": str(args.volume), "mask": str(args.mask), "output": str(out)}
     if report is not None:

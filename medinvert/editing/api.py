@@ -105,6 +105,7 @@ def edit(
     seed: int = 0,
     batch_size: int = 8,
     threads: int | None = None,
+    require_modality_match: bool = False,
 ) -> EditResult:
     """Edit the region ``mask`` of ``volume`` with ``op`` and regenerate it; hold everything else.
 
@@ -124,6 +125,8 @@ def edit(
         seed: seed of the ``inpaint`` noise (slice ``k`` draws from ``(seed, k)``).
         batch_size: slices per network call.
         threads: intra-op threads (default `medinvert.determinism.default_threads`).
+        require_modality_match: refuse a checkpoint trained on another modality than the volume's
+            (`medinvert.inversion.check_model_modality`; the CLI's default).
 
     Returns:
         `EditResult`.  ``report`` keys: ``op``, ``method``, ``model`` (name, kind, sha256), ``steps``,
@@ -139,7 +142,7 @@ def edit(
     from medinvert import __version__
     from medinvert.determinism import default_threads, deterministic
     from medinvert.intensity import power_of_two_scale, robust_scale
-    from medinvert.inversion import _as_source, _denoiser, _to_batch, resolve_network
+    from medinvert.inversion import _as_source, _denoiser, _to_batch, check_model_modality, resolve_network
 
     started = time.perf_counter()
     op = parse_op(op)
@@ -154,6 +157,8 @@ def edit(
     region = make_region(load_mask(mask, shape, geometry), feather)
     other = _transplant_source(op, shape, geometry) if op.kind == "transplant" else None
     net = resolve_network(model, modality=source.meta.get("modality"))
+    if require_modality_match:
+        check_model_modality(net, source.meta.get("modality"), source.path)
 
     slices = region.slices
     base = torch.where(region.mask, torch.zeros((), dtype=data.dtype), data) if op.kind == "inpaint" else data
