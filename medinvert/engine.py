@@ -6,10 +6,15 @@ Algorithm (per batch of axial slices; no per-sample optimisation):
    measurement ``y / s`` (operators are linear, so this is consistent).
 2. Condition: descriptor ``c`` of the corruption and the adjoint image ``A^H y / s`` as an extra input
    channel (as in training, `medinvert.train.loop`).
-3. Deterministic start at the top of the grid, in DDIM-ODE coordinates:
-   ``xbar_0 = A^H y / s + sigma_max * n`` with ``n ~ N(0, I)`` drawn, slice by slice, from a generator
-   seeded by ``seed_from_name(source, seed)`` and the slice index -- the same input and settings give
-   the same start, whatever the batch size.
+3. Deterministic start at the top of the grid ``sigma_0``, in DDIM-ODE coordinates (``start=``):
+   ``"guess"`` (default): ``xbar_0 = A^H y / s`` -- the noise-free point of the guess.  The first
+   prediction is then the network's estimate of ``E[x0 | A^H y]`` and the probability-flow ODE
+   transports it, through data-consistent predictions, to the clean end; the output stays close to
+   the posterior mean, the estimator that maximises PSNR (measured: docs/benchmarks.md, "Start of
+   the sampler").  ``"noise"``: ``xbar_0 = A^H y / s + sigma_0 n`` with ``n ~ N(0, I)`` drawn, slice by
+   slice, from a generator seeded by ``seed_from_name(source, seed)`` and the slice index -- a
+   posterior *sample* (different seeds give different plausible images; lower PSNR).  Either way the
+   same input and settings give the same start, whatever the batch size.
 4. Integrate the probability-flow ODE with the chosen solver (`medinvert.solvers`), the denoiser
    wrapped in `DataConsistentDenoiser`: at every evaluation the predicted clean image
    ``x0 = xbar - sigma eps`` is replaced by ``DC(x0)`` (closed form for k-space and masks, conjugate
@@ -52,6 +57,9 @@ __all__ = ["DataConsistentDenoiser", "SliceProblem", "ReconstructionRun", "run_r
            "dc_weight", "noise_std", "schedule_of", "default_model_name", "start_noise", "final_projection",
            "reconstruction_frac_bits"]
 
+
+#: deterministic starts of the sampler (module docstring, step 3)
+STARTS: tuple[str, ...] = ("guess", "noise")
 
 #: fixed-point grid of ``exact`` reconstructions: 2^-48 resolution, |x| < 2^13 range in normalised
 #: units -- room for a poorly trained network's excursions far from the data range
@@ -183,19 +191,22 @@ def run_reconstruction(
     method_options: dict[str, Any] | None = None,
     spacing: str = "trailing",
     start_sigma: float | None = None,
+    start: str = "guess",
     progress: Callable[[int], None] | None = None,
 ) -> ReconstructionRun:
     """The algorithm of the module docstring on ``observation`` (optionally only ``slices``).
 
     ``y_override`` (shaped like ``observation.y``) replaces the measurement (used to measure the
     sensitivity to a perturbed observation).  ``progress(n)`` is called after each batch with the
-    number of slices done.  ``spacing`` / ``start_sigma``: the sampling grid
-    (`Schedule.sigmas`; a ``start_sigma`` below ``sigma_max`` starts from ``A^H y / s + start_sigma n``).
+    number of slices done.  ``spacing`` / ``start_sigma``: the sampling grid (`Schedule.sigmas`;
+    ``start_sigma`` truncates a karras grid).  ``start``: ``"guess"`` or ``"noise"`` (module step 3).
     """
     if steps < 1:
         raise MedinvertError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
         raise MedinvertError(f"batch size must be >= 1, got {batch_size}")
+    if start not in STARTS:
+        raise MedinvertError(f"unknown start {start!r}; valid: {', '.join(STARTS)}")
     solver = get_solver(method)
     sigmas = schedule.sigmas(steps, spacing, start=start_sigma)
     given = dict(method_options or {})
@@ -223,9 +234,9 @@ def run_reconstruction(
         extra = adjoint.to(torch.float32) if takes_adjoint else None
         denoiser = Denoiser(net, schedule, prediction=prediction, cond=cond, extra=extra, guidance=guidance)
         dc = DataConsistentDenoiser(denoiser, operator, y, sigma_y)
-        start = adjoint + sigmas[0].item() * start_noise(base_seed, chunk, (x_size, y_size))
+        state = adjoint if start == "guess" else adjoint + sigmas[0].item() * start_noise(base_seed, chunk, (x_size, y_size))
         try:
-            x0 = solver.generate(dc, start, sigmas, **options).to(torch.float64)
+            x0 = solver.generate(dc, state, sigmas, **options).to(torch.float64)
         except NumericalError as exc:  # overflow / NaN: name the file and the slice, stop this volume
             if exc.batch_index is not None and 0 <= exc.batch_index < len(chunk):
                 raise exc.at_slice(chunk[exc.batch_index], observation.source) from None

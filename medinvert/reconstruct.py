@@ -194,6 +194,7 @@ def reconstruct_volume(
     device: str = "cpu",
     reference: Any = None,
     seed: int = 0,
+    start: str = "guess",
     checks: str = "fast",
     return_latent: bool = True,
     progress: bool = False,
@@ -214,6 +215,8 @@ def reconstruct_volume(
         reference: clean volume (path / MetaTensor / tensor) for the metrics; defaults to the clean
             volume when simulating.
         seed: seeds the corruption (when simulating) and, with the source name, the start noise.
+        start: ``"guess"`` (default; noise-free start at the adjoint image, close to the posterior
+            mean) or ``"noise"`` (seeded posterior sample); `medinvert.engine`, step 3.
         checks: ``"fast"``, ``"full"`` or ``"none"`` (reproducibility / round-trip / sensitivity).
         return_latent: also invert the output exactly (one more pass) into ``result.latent``.
         threads: intra-op threads (default `medinvert.determinism.default_threads`).
@@ -244,7 +247,7 @@ def reconstruct_volume(
             bar = tqdm(total=observation.shape[2], desc=f"reconstruct {Path(source).name}", unit="slice")
         run = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps, guidance=guidance,
                                  batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
-                                 progress=(lambda n: bar.update(n)) if bar is not None else None)
+                                 start=start, progress=(lambda n: bar.update(n)) if bar is not None else None)
         if bar is not None:
             bar.close()
     volume = run.volume
@@ -255,7 +258,7 @@ def reconstruct_volume(
         "input": {"source": source, "shape": list(observation.shape), "kind": observation.kind,
                   "params": observation.params},
         "settings": {"method": method, "steps": steps, "guidance": guidance, "batch_size": batch_size,
-                     "seed": seed, "start_seed": base_seed, "model": resolved.reference.get("name"),
+                     "seed": seed, "start": start, "start_seed": base_seed, "model": resolved.reference.get("name"),
                      "model_sha256": resolved.reference.get("sha256"), "schedule": resolved.schedule.config,
                      "device": device, "versions": _versions(), "intensity_scale": run.scale},
         "data_consistency": {"relative_residual": _relative_residual(observation, volume),
@@ -273,7 +276,7 @@ def reconstruct_volume(
         with deterministic(threads):
             again = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps,
                                        guidance=guidance, batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
-                                       slices=range(check[0], check[-1] + 1))
+                                       start=start, slices=range(check[0], check[-1] + 1))
             first, second = volume[:, :, check[0]:check[-1] + 1], again.volume[:, :, check[0]:check[-1] + 1]
             reproducibility.update({"run1_sha256": _sha256(first), "run2_sha256": _sha256(second),
                                     "identical": bool(torch.equal(first, second))})
@@ -282,7 +285,7 @@ def reconstruct_volume(
             reproducibility["roundtrip"] = {k: trip[k] for k in ("bit_identical", "max_abs_error", "nfe", "seconds")}
             report["bounds"]["measured_sensitivity"] = _measured_sensitivity(
                 observation, net, resolved.schedule, method, steps, guidance, batch_size, base_seed, check, volume,
-                prediction=resolved.prediction)
+                prediction=resolved.prediction, start=start)
     report["reproducibility"] = reproducibility
 
     latent = None
@@ -317,7 +320,8 @@ def reconstruct_volume(
 
 def _measured_sensitivity(observation: Observation, net: torch.nn.Module, schedule: Any, method: str, steps: int,
                           guidance: float, batch_size: int, base_seed: int, check: list[int],
-                          volume: torch.Tensor, relative: float = 1e-3, prediction: str = "eps") -> dict[str, Any]:
+                          volume: torch.Tensor, relative: float = 1e-3, prediction: str = "eps",
+                          start: str = "guess") -> dict[str, Any]:
     """Perturb ``y`` by a seeded relative ``relative`` Gaussian, rerun the check slices, report ratios."""
     generator = torch.Generator().manual_seed(base_seed)
     y = observation.y
@@ -330,7 +334,7 @@ def _measured_sensitivity(observation: Observation, net: torch.nn.Module, schedu
     delta = noise * relative * size
     moved = run_reconstruction(observation, net, schedule, method=method, steps=steps, guidance=guidance,
                                batch_size=batch_size, prediction=prediction, base_seed=base_seed, slices=range(check[0], check[-1] + 1),
-                               y_override=y + delta)
+                               y_override=y + delta, start=start)
     dx = float(torch.linalg.vector_norm((moved.volume - volume)[:, :, sub].to(torch.float64)))
     dy = float(torch.linalg.vector_norm(delta[sub].to(torch.complex128 if delta.is_complex() else torch.float64)))
     return {"relative_perturbation": relative, "delta_y_norm": dy, "delta_x_norm": dx,

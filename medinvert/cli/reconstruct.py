@@ -95,6 +95,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (default 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; under torchrun cuda:LOCAL_RANK)")
+    parser.add_argument("--start", default="guess", choices=["guess", "noise"],
+                        help="sampler start: guess (noise-free, near the posterior mean; default) or noise "
+                             "(a seeded posterior sample)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the simulated corruption and of the start noise, combined with each volume's "
                              "name (default 0)")
@@ -353,7 +356,7 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     result = reconstruct_volume(
         source, models[model_name_for(job, args.model)], corruption=args.corruption if job.kind == "volume" else None,
         method=args.method, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, device=device,
-        reference=reference, seed=args.seed, checks=args.checks, return_latent=args.save_latent, progress=progress,
+        reference=reference, seed=args.seed, start=args.start, checks=args.checks, return_latent=args.save_latent, progress=progress,
         threads=args.threads)
     report = write_outputs(result, paths, reference=reference, source_volume=source_volume,
                            title=f"medinvert reconstruction: {job.stem}")

@@ -1,0 +1,42 @@
+"""The sampler's deterministic starts (`medinvert.engine`, step 3): ``guess`` and ``noise``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _recon_helpers import phantom, write_tiny_model
+from medinvert.engine import run_reconstruction
+from medinvert.errors import MedinvertError
+from medinvert.inversion import resolve_network
+from medinvert.transforms import corrupt
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    from monai.data import MetaTensor
+
+    model = write_tiny_model(tmp_path_factory.mktemp("start") / "tiny.pt")
+    resolved = resolve_network(str(model))
+    volume = MetaTensor(torch.from_numpy(phantom((24, 20, 2))))
+    return resolved, corrupt(volume, "kspace", seed=0, acceleration=4, center_fraction=0.16)
+
+
+def _run(problem, **kwargs):
+    resolved, observation = problem
+    torch.set_num_threads(1)
+    return run_reconstruction(observation, resolved.net, resolved.schedule, method="exact", steps=4,
+                              prediction=resolved.prediction, **kwargs).volume
+
+
+def test_guess_start_ignores_the_seed_and_noise_start_depends_on_it(problem):
+    assert torch.equal(_run(problem, start="guess", base_seed=1), _run(problem, start="guess", base_seed=2))
+    one, again = _run(problem, start="noise", base_seed=1), _run(problem, start="noise", base_seed=1)
+    assert torch.equal(one, again)
+    assert not torch.equal(one, _run(problem, start="noise", base_seed=2))
+    assert not torch.equal(one, _run(problem, start="guess", base_seed=1))
+
+
+def test_unknown_start_is_refused(problem):
+    with pytest.raises(MedinvertError, match="unknown start"):
+        _run(problem, start="zeros")
