@@ -151,7 +151,8 @@ def _stored_mismatch(path: Path, config: Any) -> list[str]:
     training = stored.get("training", {})
     wanted = asdict(config)
     diff = [k for k in RECIPE_KEYS if training.get(k) != wanted[k]]
-    if stored.get("architecture") != config.architecture:
+    arch = stored.get("architecture") or {}  # the model's full config: compare the keys the variant sets
+    if any(arch.get(k) != v for k, v in config.architecture.items()):
         diff.append("architecture")
     return diff
 

@@ -5,21 +5,22 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
 
 1. a multi-contrast base model on the training cases of all four modalities (held-out cases listed
    in sample_data/split.json are skipped), with strong augmentation (medinvert.train.data), on
-   64x64 crops;
-2. the base continued on 96x96 crops (more context for the global aliasing of k-space masks);
+   64x64 crops (edm_adjoint prediction, no spectral normalisation: the `medinvert train` defaults);
+2. the base continued on 96x96 crops (more context for the global aliasing of k-space masks), as a
+   data-parallel run over ``--nproc`` processes (``torchrun --nproc_per_node=N -m medinvert train``,
+   gloo on CPU; per-process batch 8);
 3. a short fine-tune of the base for each modality;
-4. export: EMA weights, spectral norm baked in, Lipschitz numbers recorded, optimizer state dropped.
+4. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
-    python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 3000]
-        [--long-steps 4000] [--finetune-steps 200] [--install]  # --install copies the exports into the package
-
-Under torchrun each `medinvert train` call may be launched with --nproc_per_node=N instead.
+    python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
+        [--long-steps 10000] [--nproc 2] [--finetune-steps 300] [--install]  # --install copies into the package
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,9 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="sample_data")
     parser.add_argument("--work", default="runs")
-    parser.add_argument("--base-steps", type=int, default=3000)
-    parser.add_argument("--long-steps", type=int, default=4000)
-    parser.add_argument("--finetune-steps", type=int, default=200)
+    parser.add_argument("--base-steps", type=int, default=1500)
+    parser.add_argument("--long-steps", type=int, default=10000)
+    parser.add_argument("--nproc", type=int, default=2, help="processes of the long stage (torchrun; 1 = in-process)")
+    parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -55,13 +57,20 @@ def main() -> None:
              "--out", str(base), *COMMON])
     long = work / "base_long.pt"
     if not long.exists():
-        run(["train", args.data, "--modality", "all", "--steps", str(args.long_steps), "--lr", "4e-4", "--warmup", "50",
-             "--init", str(base), "--out", str(long), *COMMON, "--crop", "96"])
+        stage = ["train", args.data, "--modality", "all", "--steps", str(args.long_steps), "--lr", "4e-4",
+                 "--warmup", "50", "--init", str(base), "--out", str(long), *COMMON, "--crop", "96", "--batch-size", "8"]
+        if args.nproc > 1:
+            command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m",
+                       "medinvert", *stage]
+            print(" ".join(command), flush=True)
+            subprocess.run(command, check=True)
+        else:
+            run(stage)
     for modality in MODALITIES:
         tuned = work / f"{modality}.pt"
         if not tuned.exists():
             run(["train", args.data, "--modality", modality, "--init", str(long), "--steps", str(args.finetune_steps),
-                 "--lr", "2e-4", "--warmup", "20", "--seed", str(1 + MODALITIES.index(modality)),
+                 "--lr", "1e-4", "--warmup", "20", "--seed", str(1 + MODALITIES.index(modality)),
                  "--out", str(tuned), *COMMON, "--crop", "96"])
         exported = export_for_inference(tuned, work / f"{modality}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)

@@ -25,10 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--channels", default=None,
                    help="feature channels per UNet level, comma separated (default 32,64,128)")
-    p.add_argument("--no-spectral-norm", action="store_true",
-                   help="train without spectral normalisation (ablation; the Lipschitz bound is then loose)")
+    p.add_argument("--spectral-norm", action="store_true",
+                   help="spectrally normalise every convolution / linear layer (opt-in: tighter Lipschitz bound, "
+                        "~2 dB lower reconstruction PSNR; docs/benchmarks.md, ablation)")
+    p.add_argument("--no-spectral-norm", action="store_true", help="no spectral normalisation (the default)")
     p.add_argument("--prediction", default=None, choices=["eps", "v", "v_adjoint", "edm_adjoint"],
-                   help="network output parameterisation (default: the TrainConfig default, see docs/models.md)")
+                   help="network output parameterisation (default edm_adjoint, see medinvert.denoiser)")
     p.add_argument("--sn-target", type=float, default=None,
                    help="per-layer spectral-norm target (default 1.0; larger = less constrained)")
     p.add_argument("--lipschitz-penalty", type=float, default=0.0, help="weight lambda of the Lipschitz hinge")
@@ -52,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
             architecture["channels"] = [int(c) for c in args.channels.split(",")]
         except ValueError:
             raise MedinvertError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
-    if args.no_spectral_norm:
-        architecture["spectral_norm"] = False
+    if args.spectral_norm and args.no_spectral_norm:
+        raise MedinvertError("give either --spectral-norm or --no-spectral-norm")
+    if args.spectral_norm or args.no_spectral_norm:
+        architecture["spectral_norm"] = bool(args.spectral_norm)
     if args.sn_target is not None:
         if not args.sn_target > 0:
             raise MedinvertError(f"--sn-target must be > 0, got {args.sn_target}")

@@ -60,10 +60,12 @@ __all__ = ["TrainConfig", "train", "TRAINABLE_PREDICTIONS"]
 #: network output parameterisations the loss supports (`medinvert.denoiser` converts them all)
 TRAINABLE_PREDICTIONS: tuple[str, ...] = ("eps", "v", "v_adjoint", "edm_adjoint")
 
-#: default architecture of the shipped models (lean enough for a CPU; see docs/models.md)
+#: default architecture of the shipped models (lean enough for a CPU; see docs/models.md).  Spectral
+#: normalisation is opt-in: at operator norm 1 per layer it costs ~2 dB of reconstruction PSNR
+#: (benchmarks/ablation.py); the shipped models state their Lipschitz bound from the actual layer norms
 DEFAULT_ARCHITECTURE: dict[str, Any] = {
     "channels": [32, 64, 128], "blocks_per_level": 1, "mid_blocks": 1, "patch": 2,
-    "n_cond_channels": 1, "descriptor_dim": DESCRIPTOR_LENGTH, "spectral_norm": True,
+    "n_cond_channels": 1, "descriptor_dim": DESCRIPTOR_LENGTH, "spectral_norm": False,
     "sn_target": 1.0,
 }
 
@@ -87,7 +89,7 @@ class TrainConfig:
     lipschitz_penalty: float = 0.0
     lipschitz_target: float = 10.0
     schedule: str = "linear"
-    prediction: str = "v_adjoint"
+    prediction: str = "edm_adjoint"
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 10
