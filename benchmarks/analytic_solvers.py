@@ -98,7 +98,7 @@ def order_table(kinds: list[str], steps_list: tuple[int, ...] = (50, 100, 200)) 
     header = "| method | " + " | ".join(f"{k}: errors at n = {', '.join(map(str, steps_list))} -> order" for k in kinds) + " |"
     rows = [header, "|---|" + "---|" * len(kinds)]
     data = _data()
-    for label, name, options in METHODS[:-1] + [("ode rk4 (fixed grid)", "ode", {"method": "rk4"})]:
+    for label, name, options in METHODS[:-1] + [("ode rk4 (fixed grid)", "ode", {"ode_method": "rk4"})]:
         cells = []
         for kind in kinds:
             schedule = make_schedule(kind)

@@ -502,9 +502,14 @@ def invert(
         volume: a path (NIfTI file, DICOM folder / file), a MetaTensor or a tensor / array
             ``(X, Y, Z)`` (``(X, Y)`` and trailing singleton axes are accepted).  Converted to float32.
         model: see `resolve_network` (None: the shipped model of the volume's modality, else ``"random"``).
-        method: ``exact`` (bit-exact, default), ``edict``, ``bdia``, ``ddim`` or ``ode``.
+        method: ``exact`` (bit-exact, default), ``edict``, ``bdia``, ``ddim``, ``ode``, or the guided
+            peers ``nulltext`` and ``negprompt`` (these need a ``condition``).
         steps: number of steps of the sigma grid (``Schedule.sigmas(steps, spacing)``).
         guidance: classifier-free guidance weight (``!= 1`` needs a condition; then 2 NFE per eval).
+            For ``nulltext`` / ``negprompt`` the weight ``w > 1`` is resolved once here from this
+            argument and the method option ``guidance`` (`medinvert.solvers.guided.guidance_weight`:
+            the option if given, else this argument if not 1, else 3.0) and recorded as the latent's
+            ``guidance``, its only record (the stored option is None).
         condition: None, an `Observation` (or its path) or a descriptor vector (see `_condition`).
         batch_size: slices per network call; recorded and reused by `generate` (bitwise reproducibility).
         spacing: timestep spacing (``trailing``, ``leading``, ``linspace``, ``karras``).
@@ -513,8 +518,10 @@ def invert(
         threads: intra-op threads (default `medinvert.determinism.default_threads`); recorded.
         require_modality_match: refuse a checkpoint trained on another modality than the volume's
             (`check_model_modality`; the CLI's default).
-        **method_options: the method's options (``p`` for edict, ``gamma`` for bdia, ``scheme`` /
-            ``frac_bits`` for exact, ``method`` / ``rtol`` / ``atol`` / ``options`` for ode).
+        **method_options: the method's options (``p`` / ``state_dtype`` for edict, ``gamma`` for bdia,
+            ``scheme`` / ``frac_bits`` for exact, ``ode_method`` / ``rtol`` / ``atol`` / ``options`` for
+            ode, ``inner_steps`` / ``lr`` / ``lr_decay`` / ``tol`` / ``tol_growth`` for nulltext,
+            ``negative`` for negprompt; ``guidance`` for both guided peers, see above).
 
     Returns:
         the `Latent`; ``latent.stats`` holds ``nfe``, ``nfe_per_step``, ``forward_calls`` and ``seconds``.
@@ -523,6 +530,7 @@ def invert(
     from medinvert.determinism import deterministic, default_threads
     from medinvert.intensity import power_of_two_scale, robust_scale
     from medinvert.solvers import get_solver
+    from medinvert.solvers.guided import guidance_weight
 
     spec = get_solver(method)
     options = _check_options(spec.options(**method_options))
@@ -533,6 +541,10 @@ def invert(
     guidance = float(guidance)
     if not math.isfinite(guidance):
         raise MedinvertError(f"guidance must be finite, got {guidance}")
+    guided_method = "guidance" in spec.defaults
+    if guided_method:  # one record of w: the latent's guidance (see the docstring)
+        guidance = guidance_weight(options["guidance"], guidance, spec.name, "the guidance argument")
+        options["guidance"] = None
     source = _as_source(volume)
     x, y, z = (int(s) for s in source.data.shape)
     shape = (x, y, z)
@@ -541,6 +553,8 @@ def invert(
         check_model_modality(net, source.meta.get("modality"), source.path)
     geometry = source.affine if source.path is not None or getattr(volume, "affine", None) is not None else None
     descriptor, image = _condition(condition, shape, net, geometry)
+    if guided_method and descriptor is None:
+        raise MedinvertError(f"{spec.name} inversion needs a condition (pass condition=... / --condition OBSERVATION)")
     if guidance != 1.0 and descriptor is None:
         raise MedinvertError(f"guidance {guidance} needs a condition (pass condition=...)")
     sigmas = net.schedule.sigmas(steps, spacing)

@@ -22,9 +22,23 @@ cond_descriptor        float32    (K,)            condition descriptor (if a con
 cond_image             float32    (X, Y, Z)       conditioning image A^H y (if the model uses it)
 =====================  =========  ==============  ==============================================
 
-State fields: ``ddim`` / ``ode`` store ``state`` (the ``xbar`` tensor); ``edict`` ``state.x``,
-``state.y``; ``bdia`` ``state.x``, ``state.x_next`` (all in the run's ``dtype``); ``exact``
-``state.z``, ``state.partner`` (int64 on the grid ``2^-frac_bits``).
+State fields: ``ddim`` / ``ode`` / ``negprompt`` store ``state`` (the ``xbar`` tensor); ``edict``
+``state.x``, ``state.y`` (in the option ``state_dtype``, float64 by default); ``bdia`` ``state.x``,
+``state.x_next`` (in the run's ``dtype``); ``exact`` ``state.z``, ``state.partner`` (int64 on the grid
+``2^-frac_bits``); ``nulltext`` ``state.xbar`` ``(Z, 1, X, Y)`` (run ``dtype``), ``state.null_conds``
+``(steps, Z, K)`` (the optimised null condition of every step and slice, network dtype),
+``state.iterations`` and ``state.backward`` ``(steps,)`` int64 (inner forward / backward passes).
+
+Guidance: the latent's ``guidance`` is the one record of the classifier-free guidance weight.  For
+the guided-inversion methods (``nulltext``, ``negprompt``) it holds the resolved weight ``w > 1``,
+their ``guidance`` option is stored as null, and a ``NullTextState``'s own weight is not stored
+again (it is restored from ``guidance`` on load).
+
+Versions: format 2 (this one) added ``nulltext`` states, the ``edict`` option ``state_dtype``, the
+``ode`` option name ``ode_method`` (formerly ``method``) and the guidance rule above.  Format-1 files
+are read and upgraded on load (``method`` -> ``ode_method``; ``state_dtype`` = the file's ``dtype``,
+which is what a format-1 EDICT state was computed in; the guided methods' weight resolved into
+``guidance``), so they generate exactly what they generated before.
 
 Same latent -> same bytes: members are sorted, time stamps fixed, JSON keys sorted, and nothing
 run-dependent (times, host names) is written.
@@ -47,12 +61,13 @@ import torch
 
 from medinvert.errors import MedinvertError
 from medinvert.io.atomic import atomic_write_path
-from medinvert.solvers import SOLVERS, BdiaState, EdictState, FixedPointState
+from medinvert.solvers import SOLVERS, BdiaState, EdictState, FixedPointState, NullTextState
+from medinvert.solvers.guided import guidance_weight
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "STATE_CLASSES", "Latent"]
 
 FORMAT_NAME = "medinvert-latent"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: state kind (as written in the file) -> state class; ``"tensor"`` is a plain tensor
 STATE_CLASSES: dict[str, type | None] = {
@@ -60,7 +75,12 @@ STATE_CLASSES: dict[str, type | None] = {
     "EdictState": EdictState,
     "BdiaState": BdiaState,
     "FixedPointState": FixedPointState,
+    "NullTextState": NullTextState,
 }
+#: per state kind, the state fields that are not ``(Z, C, X, Y)`` image tensors, and the scalar
+#: fields kept elsewhere in the file (restored from the metadata key named)
+_NON_IMAGE_FIELDS: dict[str, tuple[str, ...]] = {"NullTextState": ("null_conds", "iterations", "backward")}
+_SHARED_SCALARS: dict[str, dict[str, str]] = {"NullTextState": {"guidance": "guidance"}}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _STATE_PREFIX = "state."
 _FIXED = ("meta_json", "sigmas", "affine", "patch_index", "patch_values")
@@ -73,8 +93,9 @@ class Latent:
     """An inverted volume (see the module docstring for the file layout).
 
     Attributes:
-        state: the solver state at ``sigmas[0]``: a ``(Z, 1, X, Y)`` tensor (``ddim``, ``ode``),
-            an `EdictState` / `BdiaState` pair, or a `FixedPointState` (int64, ``exact``).
+        state: the solver state at ``sigmas[0]``: a ``(Z, 1, X, Y)`` tensor (``ddim``, ``ode``,
+            ``negprompt``), an `EdictState` / `BdiaState` pair, a `FixedPointState` (int64, ``exact``)
+            or a `NullTextState` (``nulltext``).
         method: solver name (`medinvert.solvers.SOLVERS`).
         options: the method options used (defaults filled in), JSON-serialisable.
         schedule: ``make_schedule(**schedule)`` rebuilds the VP schedule.
@@ -82,10 +103,12 @@ class Latent:
         steps: number of steps; ``sigmas`` has ``steps + 1`` entries.
         spacing: timestep spacing the grid was made with (``Schedule.sigmas``).
         sigmas: the generation grid itself (decreasing, ends with 0).
-        dtype: ``"float32"`` or ``"float64"``: the network's compute dtype and the float state's dtype.
+        dtype: ``"float32"`` or ``"float64"``: the network's compute dtype and the float state's dtype
+            (``edict``: its pair is in the option ``state_dtype``).
         batch_size: slices per network call (fixed chunks: part of what makes eps bitwise reproducible).
         threads: intra-op threads used (`medinvert.determinism.deterministic`).
-        guidance: classifier-free guidance weight.
+        guidance: classifier-free guidance weight -- the one record of it (for ``nulltext`` /
+            ``negprompt`` the resolved ``w > 1``; see the module docstring).
         model: model reference: ``kind`` (``"checkpoint"``, ``"random"``, ``"module"``), ``name``,
             ``path``, ``sha256``, ``sha256_of`` (``"file"`` or ``"state_dict"``), ``architecture``.
         shape: ``(X, Y, Z)`` of the volume as `medinvert.load_volume` returns it.
@@ -155,11 +178,16 @@ class Latent:
             raise MedinvertError(f"cannot save a state of type {kind}")
         scalars: dict[str, Any] = {}
         arrays: dict[str, np.ndarray] = {}
+        shared = _SHARED_SCALARS.get(kind, {})
         for f in dataclasses.fields(self.state):
             value = getattr(self.state, f.name)
             if f.name == "sigmas":
                 if tuple(value) != tuple(self.sigmas):
                     raise MedinvertError("the state belongs to another sigma grid than the latent records")
+            elif f.name in shared:
+                if value != getattr(self, shared[f.name]):
+                    raise MedinvertError(f"the {kind}'s {f.name} {value} differs from the latent's "
+                                         f"{shared[f.name]} {getattr(self, shared[f.name])}")
             elif isinstance(value, torch.Tensor):
                 arrays[_STATE_PREFIX + f.name] = _to_numpy(value)
             else:
@@ -295,7 +323,7 @@ def _parse_meta(entry: np.ndarray, source: Path) -> dict[str, Any]:
         raise MedinvertError(f"not a medinvert latent (format is not {FORMAT_NAME!r})", path=source)
     version = meta.get("format_version")
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise MedinvertError(f"unsupported latent format_version {version!r} (this medinvert reads {FORMAT_VERSION})",
+        raise MedinvertError(f"unsupported latent format_version {version!r} (this medinvert reads 1 to {FORMAT_VERSION})",
                              path=source)
     required = ("method", "options", "schedule", "prediction", "steps", "spacing", "dtype", "batch_size", "threads",
                 "guidance", "model", "state", "volume", "intensity", "arrays", "medinvert_version")
@@ -315,11 +343,37 @@ def _parse_meta(entry: np.ndarray, source: Path) -> dict[str, Any]:
             raise MedinvertError(f"latent metadata entry {key!r} is malformed", path=source)
     if meta["state"].get("kind") not in STATE_CLASSES:
         raise MedinvertError(f"latent state kind {meta['state'].get('kind')!r} is unknown", path=source)
+    if isinstance(meta["guidance"], bool) or not isinstance(meta["guidance"], (int, float)):
+        raise MedinvertError(f"latent guidance {meta['guidance']!r} is not a number", path=source)
+    _upgrade(meta, version, source)
     scale = meta["intensity"].get("scale")
     if not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale) \
             or math.frexp(float(scale))[0] != 0.5:
         raise MedinvertError(f"latent intensity scale {scale!r} is not a positive power of two", path=source)
     return meta
+
+
+def _upgrade(meta: dict[str, Any], version: int, source: Path) -> None:
+    """Bring the options of a format-``version`` file to the current format (in place).
+
+    Format 1 -> 2: the ``ode`` option ``method`` is now ``ode_method``; an ``edict`` pair was computed in
+    the run's ``dtype`` (now the option ``state_dtype``).  Every version: the guided methods' weight
+    lives in ``guidance`` alone (`guidance_weight` of the option and the recorded ``guidance``, the
+    rule `medinvert.inversion.invert` applies), their ``guidance`` option becomes null.
+    """
+    options = meta["options"]
+    if version < 2:
+        if meta["method"] == "ode" and "method" in options:
+            options["ode_method"] = options.pop("method")
+        if meta["method"] == "edict":
+            options.setdefault("state_dtype", meta["dtype"])
+    if "guidance" in SOLVERS[meta["method"]].defaults:
+        try:
+            meta["guidance"] = guidance_weight(options.get("guidance"), meta["guidance"], meta["method"],
+                                               "the latent's guidance")
+        except MedinvertError as exc:
+            raise MedinvertError(f"latent guidance is inconsistent: {exc}", path=source) from None
+        options["guidance"] = None
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any], source: Path) -> None:
@@ -355,10 +409,13 @@ def _state_from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any], sigm
         return torch.from_numpy(arrays["state"])
     values: dict[str, Any] = {}
     fields_ = info.get("fields", {})
+    shared = _SHARED_SCALARS.get(info["kind"], {})
     for f in dataclasses.fields(cls):
         key = _STATE_PREFIX + f.name
         if f.name == "sigmas":
             values["sigmas"] = sigmas
+        elif f.name in shared:
+            values[f.name] = float(meta[shared[f.name]])
         elif key in arrays:
             values[f.name] = torch.from_numpy(arrays[key])
         elif isinstance(fields_, dict) and f.name in fields_:
@@ -374,7 +431,23 @@ def _state_from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any], sigm
             raise MedinvertError("exact latent state must be int64", path=source)
         if isinstance(state.frac_bits, bool) or not isinstance(state.frac_bits, int):
             raise MedinvertError(f"exact latent frac_bits {state.frac_bits!r} is not an integer", path=source)
+    if isinstance(state, NullTextState):
+        _check_nulltext(state, meta["steps"], source)
     return state
+
+
+def _check_nulltext(state: NullTextState, steps: int, source: Path) -> None:
+    """The non-image arrays of a null-text state: ``null_conds (steps, Z, K)`` floating, ``iterations``
+    and ``backward`` ``(steps,)`` int64 (the image ``xbar`` is checked with the other state tensors)."""
+    batch = state.xbar.shape[0] if state.xbar.ndim else -1
+    conds = state.null_conds
+    if conds.ndim != 3 or conds.shape[0] != steps or conds.shape[1] != batch or not conds.is_floating_point():
+        raise MedinvertError(f"nulltext latent null_conds of shape {tuple(conds.shape)} ({conds.dtype}) do not fit "
+                             f"{steps} steps and {batch} slices: expected floating ({steps}, {batch}, K)", path=source)
+    for name in ("iterations", "backward"):
+        counts = getattr(state, name)
+        if counts.dtype != torch.int64 or tuple(counts.shape) != (steps,):
+            raise MedinvertError(f"nulltext latent {name} must be int64 of shape ({steps},)", path=source)
 
 
 def _from_parts(arrays: dict[str, np.ndarray], meta: dict[str, Any], source: Path) -> Latent:
@@ -391,8 +464,10 @@ def _from_parts(arrays: dict[str, np.ndarray], meta: dict[str, Any], source: Pat
         raise MedinvertError("latent affine is not 4x4", path=source)
     state = _state_from_arrays(arrays, meta, sigmas, source)
     x, y, z = shape
+    skip = _NON_IMAGE_FIELDS.get(meta["state"]["kind"], ())
     tensors = [state] if isinstance(state, torch.Tensor) else [
-        getattr(state, f.name) for f in dataclasses.fields(state) if isinstance(getattr(state, f.name), torch.Tensor)]
+        getattr(state, f.name) for f in dataclasses.fields(state)
+        if f.name not in skip and isinstance(getattr(state, f.name), torch.Tensor)]
     for tensor in tensors:
         if tuple(tensor.shape[:1]) + tuple(tensor.shape[2:]) != (z, x, y) or tensor.ndim != 4:
             raise MedinvertError(f"latent state of shape {tuple(tensor.shape)} does not fit a {x}x{y}x{z} volume "

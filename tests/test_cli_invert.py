@@ -112,6 +112,11 @@ def test_invert_is_byte_deterministic(tmp_path, make_nifti):
     (["--option", "p=0.9"], "no option"),
     (["--option", "nonsense"], "KEY=VALUE"),
     (["--guidance", "2"], "needs a condition"),
+    (["--method", "nulltext"], "nulltext inversion needs a condition"),
+    (["--method", "negprompt", "--option", "guidance=3"], "with --guidance"),
+    (["--method", "ode", "--option", "method=rk4"], "'method' is now 'ode_method'"),
+    (["--ode-method", "rk4"], "applies to --method ode only"),
+    (["--method", "ode", "--ode-method", "rk5"], "unknown ode_method"),
     (["--model", "no_such_model.pt"], "no_such_model"),
 ])
 def test_invert_bad_inputs_exit_2_with_one_line_and_nothing_written(tmp_path, make_nifti, capsys, extra, message):
@@ -173,3 +178,31 @@ def test_condition_and_guidance_from_an_observation_file(tmp_path, make_nifti, c
     assert run("invert", path, "--out", latent, "--steps", 3, "--condition", observation, "--guidance", 2) == 0
     assert run("generate", latent, "--out", out) == 0  # the condition travels inside the latent
     np.testing.assert_array_equal(voxel_bits(out), voxel_bits(path))
+
+
+def test_nulltext_latent_file_generates_the_null_text_reconstruction(tmp_path, make_nifti, capsys):
+    from medinvert import corrupt
+    from medinvert.inversion import generate, invert
+
+    path = make_nifti(tmp_path / "vol.nii.gz", shape=(12, 10, 2))
+    corrupt(load_volume(path), "mask", seed=3).save(tmp_path / "vol")
+    observation = tmp_path / "vol_observation.json"
+    latent, report, out = tmp_path / "nt.npz", tmp_path / "nt.json", tmp_path / "back.nii.gz"
+    assert run("invert", path, "--method", "nulltext", "--steps", 3, "--condition", observation, "--guidance", 2,
+               "--option", "inner_steps=2", "--out", latent, "--report", report) == 0
+    info = json.loads(report.read_text())
+    assert info["method"] == "nulltext" and info["guidance"] == 2.0 and info["options"]["inner_steps"] == 2
+    assert 3 + 3 * 3 <= info["nfe"] <= 3 + 3 * 4  # pivot + per step: cond, 1-2 inner passes, final null pass
+    assert run("generate", latent, "--out", out) == 0
+    # the same inversion in memory, generated without a file: the file reproduces it bit for bit
+    expected = generate(invert(path, "random", method="nulltext", steps=3, condition=observation, guidance=2.0,
+                               inner_steps=2, threads=1))
+    np.testing.assert_array_equal(voxel_bits(out), expected.numpy().view(np.int32))
+
+
+def test_ode_method_option(tmp_path, make_nifti, capsys):
+    path = make_nifti(tmp_path / "vol.nii.gz", shape=(9, 8, 1))
+    assert run("roundtrip", path, "--method", "ode", "--ode-method", "rk4", "--steps", 2, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["nfe_per_step"] == 4  # rk4 on the grid: 4 stages per step
+    assert run("roundtrip", path, "--method", "ode", "--option", "ode_method=euler", "--steps", 2, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["nfe_per_step"] == 1

@@ -16,7 +16,9 @@ import torch
 
 from medinvert.errors import MedinvertError
 from medinvert.inversion import RANDOM_MODEL, generate, invert, resolve_network
-from medinvert.latent import FORMAT_NAME, Latent
+from medinvert.latent import FORMAT_NAME, FORMAT_VERSION, Latent
+from medinvert.solvers import NullTextState
+from medinvert.solvers.guided import DEFAULT_GUIDANCE
 from medinvert.solvers.fixed_point import dequantize
 
 
@@ -88,7 +90,7 @@ def test_file_is_a_plain_npz_with_the_documented_content(tmp_path, net, volume):
     with np.load(path, allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     meta = json.loads(str(arrays.pop("meta_json")))
-    assert meta["format"] == FORMAT_NAME and meta["format_version"] == 1
+    assert meta["format"] == FORMAT_NAME and meta["format_version"] == FORMAT_VERSION == 2
     assert meta["method"] == "exact" and meta["steps"] == 4 and meta["batch_size"] == 3
     assert set(arrays) == {"sigmas", "affine", "patch_index", "patch_values", "state.z", "state.partner"}
     for name, array in arrays.items():  # every array is described by shape, dtype and SHA-256
@@ -122,6 +124,68 @@ def test_nifti_header_and_conditioning_arrays_round_trip(tmp_path, net):
     assert loaded.nifti_header == header and loaded.guidance == 3.0
     np.testing.assert_array_equal(loaded.cond_descriptor, np.arange(16, dtype=np.float32))
     assert loaded.source_meta["modality"] == "t2"
+
+
+# ---------------------------------------------------------------------- null-text, guidance, format 1
+DESCRIPTOR = np.linspace(-1.0, 1.0, 16, dtype=np.float32)
+
+
+def test_nulltext_latent_round_trips_through_the_file(tmp_path, net):
+    data = np.random.default_rng(5).uniform(0, 300, (8, 6, 2)).astype(np.float32)
+    latent = invert(torch.from_numpy(data), net, method="nulltext", steps=3, condition=DESCRIPTOR, inner_steps=2)
+    state = latent.state
+    assert isinstance(state, NullTextState) and state.null_conds.shape == (3, 2, 16)
+    # one record of the weight: the latent's guidance (the default w, as nothing was asked for)
+    assert latent.guidance == state.guidance == DEFAULT_GUIDANCE and latent.options["guidance"] is None
+    path = latent.save(tmp_path / "nulltext.npz")
+    meta = _meta_of(path)
+    assert meta["state"]["kind"] == "NullTextState" and meta["state"]["fields"] == {}
+    assert sorted(meta["state"]["arrays"]) == ["state.backward", "state.iterations", "state.null_conds", "state.xbar"]
+    loaded = Latent.load(path)
+    assert _states_equal(state, loaded.state) and loaded.guidance == latent.guidance
+    a, b = generate(latent, net), generate(path)  # the file alone reproduces the null-text generation
+    np.testing.assert_array_equal(a.numpy().view(np.int32), b.numpy().view(np.int32))
+    assert float(np.abs(b.numpy() - data).max()) > 0  # approximate inversion: not the input bits
+    assert b.meta["medinvert_generate"]["nfe"] == 2 * 3
+
+
+def test_guided_weight_is_resolved_once(net):
+    data = torch.rand(8, 6, 1)
+    assert invert(data, net, method="negprompt", steps=2, condition=DESCRIPTOR, guidance=2.5).guidance == 2.5
+    latent = invert(data, net, method="nulltext", steps=2, condition=DESCRIPTOR, guidance=4.0, inner_steps=1)
+    assert latent.guidance == latent.state.guidance == 4.0 and latent.options["guidance"] is None
+    with pytest.raises(MedinvertError, match="w > 1"):
+        invert(data, net, method="negprompt", steps=2, condition=DESCRIPTOR, guidance=0.5)
+    with pytest.raises(MedinvertError, match="needs a condition"):
+        invert(data, net, method="nulltext", steps=2)
+
+
+def _as_format_1(path: Path, target: Path, options: dict, **meta_changes) -> Path:
+    """``path`` rewritten as a format-1 file with these ``options`` (the metadata is not hashed)."""
+    meta = dict(_meta_of(path), format_version=1, options=options, **meta_changes)
+    return _rewrite(path, target, replace={"meta_json.npy": _npy(np.array(json.dumps(meta)))})
+
+
+def test_format_1_files_are_upgraded_and_generate_as_before(tmp_path, net, volume):
+    small = volume[:, :, :1]
+    ode = invert(small, net, method="ode", steps=2, ode_method="rk4")
+    old = _as_format_1(ode.save(tmp_path / "ode.npz"), tmp_path / "ode1.npz",
+                       {"method": "rk4", "rtol": 1e-7, "atol": 1e-9, "options": None})
+    loaded = Latent.load(old)
+    assert loaded.options == ode.options and loaded.options["ode_method"] == "rk4"
+    np.testing.assert_array_equal(generate(loaded, net).numpy().view(np.int32),
+                                  generate(ode, net).numpy().view(np.int32))
+    edict = invert(small, net, method="edict", steps=2, state_dtype="float32")  # a format-1 EDICT pair is float32
+    old = _as_format_1(edict.save(tmp_path / "edict.npz"), tmp_path / "edict1.npz", {"p": 0.93})
+    loaded = Latent.load(old)
+    assert loaded.options["state_dtype"] == "float32" and loaded.state.x.dtype == torch.float32
+    np.testing.assert_array_equal(generate(loaded, net).numpy().view(np.int32),
+                                  generate(edict, net).numpy().view(np.int32))
+    neg = invert(small, net, method="negprompt", steps=2, condition=DESCRIPTOR, guidance=4.0)
+    old = _as_format_1(neg.save(tmp_path / "neg.npz"), tmp_path / "neg1.npz", {"guidance": 4.0, "negative": None},
+                       guidance=1.0)  # format 1 could keep w in the option and 1 in guidance
+    loaded = Latent.load(old)
+    assert loaded.guidance == 4.0 and loaded.options["guidance"] is None
 
 
 # ---------------------------------------------------------------------- refusing bad files

@@ -46,7 +46,7 @@ def _slopes(errors):
         ("exact", {"scheme": "leapfrog"}, 2),
         ("exact", {"scheme": "heun"}, 2),
         ("ode", {"method": "euler"}, 1),
-        ("ode", {"method": "rk4"}, 4),
+        ("ode", {"ode_method": "rk4"}, 4),
     ],
 )
 def test_generation_converges_at_declared_order(name, options, order):
@@ -124,7 +124,7 @@ def test_mixture_model_against_tight_ode_reference():
     den = Denoiser(AnalyticNet(data, schedule), schedule)
     errors = {"ddim": [], "exact": []}
     z = _noise(schedule.sigma_max, shape=(4, 1, 3, 3))
-    reference = SOLVERS["ode"].generate(den, z, poly_grid(schedule.sigma_max, 400), method="rk4")
+    reference = SOLVERS["ode"].generate(den, z, poly_grid(schedule.sigma_max, 400), ode_method="rk4")
     for n in (40, 80):
         sig = poly_grid(schedule.sigma_max, n)
         for name in errors:

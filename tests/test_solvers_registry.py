@@ -61,7 +61,7 @@ NFE_TABLE = [
     ("exact", {"scheme": "bdia"}, lambda n: (n, n - 1, n)),
     ("exact", {"scheme": "leapfrog"}, lambda n: (n, n - 1, n)),
     ("exact", {"scheme": "heun"}, lambda n: (n + 1, n + 1, n + 1)),
-    ("ode", {"method": "rk4"}, lambda n: (4 * n, 4 * n, 4 * n)),  # fixed grid: 4 stages per grid step
+    ("ode", {"ode_method": "rk4"}, lambda n: (4 * n, 4 * n, 4 * n)),  # fixed grid: 4 stages per grid step
 ]
 
 

@@ -29,7 +29,8 @@ SPACINGS: tuple[str, ...] = ("trailing", "leading", "linspace", "karras")
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``invert`` and ``roundtrip``."""
     parser.add_argument("--method", default="exact", choices=METHODS,
-                        help="exact (bit-exact, 1 NFE/step; default), edict, bdia, ddim or ode")
+                        help="exact (bit-exact, 1 NFE/step; default), edict, bdia, ddim, ode, or the guided peers nulltext and "
+                             "negprompt (these need --condition)")
     parser.add_argument("--steps", type=int, default=20, help="number of steps (default 20)")
     parser.add_argument("--model", default=None, metavar="NAME|PATH",
                         help="shipped model name (t1, t1ce, t2, flair), checkpoint path, or random[:SEED]; "
@@ -42,8 +43,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition", default=None, metavar="OBSERVATION",
                         help="condition on an observation written by `medinvert corrupt` (its .json / .npz / stem)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="method option, repeatable: p=0.93 (edict), gamma=1 (bdia), scheme=bdia|leapfrog|heun "
-                             "and frac_bits=N (exact), method=dopri5, rtol, atol (ode)")
+                        help="method option, repeatable: p=0.93 and state_dtype=float64|float32 (edict), gamma=1 "
+                             "(bdia), scheme=bdia|leapfrog|heun and frac_bits=N (exact), ode_method, rtol, atol (ode), "
+                             "inner_steps, lr, tol (nulltext)")
+    parser.add_argument("--ode-method", default=None, metavar="NAME",
+                        help="torchdiffeq method of --method ode (dopri5 default, rk4, euler, ...); "
+                             "same as --option ode_method=NAME")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default MEDINVERT_THREADS or 2); recorded in the latent")
 
@@ -81,6 +86,14 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if not math.isfinite(args.guidance):
         raise MedinvertError(f"--guidance must be finite, got {args.guidance}")
     options = parse_options(args.option)
+    if "guidance" in options:  # the API's guidance argument is the one weight (also of nulltext / negprompt)
+        raise MedinvertError("give the guidance weight with --guidance, not --option guidance=...")
+    if args.ode_method is not None:
+        if args.method != "ode":
+            raise MedinvertError(f"--ode-method applies to --method ode only (got --method {args.method})")
+        if options.get("ode_method", args.ode_method) != args.ode_method:
+            raise MedinvertError("--ode-method and --option ode_method=... disagree; give one")
+        options["ode_method"] = args.ode_method
     get_solver(args.method).options(**options)  # unknown option names fail here, before any work
     return {"method": args.method, "steps": args.steps, "batch_size": args.batch_size, "guidance": args.guidance,
             "dtype": args.dtype, "spacing": args.spacing, "threads": args.threads, **options}

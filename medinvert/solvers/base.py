@@ -99,6 +99,8 @@ class SolverSpec:
         exact_in: ``"none"``, ``"exact_arithmetic"`` or ``"floating_point"`` (bit-exact round trip).
         order: convergence order of generation on smooth grids (``None``: set by tolerance).
         defaults: the method's options and their default values.
+        renamed: former option names -> current names; passing a former name is refused with a
+            message naming the current one (the old spelling never silently does something else).
     """
 
     name: str
@@ -109,9 +111,14 @@ class SolverSpec:
     defaults: Mapping[str, Any]
     _generate: Callable[..., torch.Tensor] = field(repr=False)
     _invert: Callable[..., Any] = field(repr=False)
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     def options(self, **given: Any) -> dict[str, Any]:
-        """The defaults updated with ``given``; unknown names raise `MedinvertError`."""
+        """The defaults updated with ``given``; unknown or renamed names raise `MedinvertError`."""
+        former = sorted(set(given) & set(self.renamed))
+        if former:
+            moves = ", ".join(f"{old!r} is now {self.renamed[old]!r}" for old in former)
+            raise MedinvertError(f"method {self.name!r}: option {moves} (renamed; use the new name)")
         unknown = sorted(set(given) - set(self.defaults))
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "none"

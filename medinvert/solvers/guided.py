@@ -27,7 +27,7 @@ import torch
 from medinvert.denoiser import Denoiser
 from medinvert.errors import MedinvertError
 
-__all__ = ["DEFAULT_GUIDANCE", "Branches", "require_conditional", "resolve_guidance", "guided"]
+__all__ = ["DEFAULT_GUIDANCE", "Branches", "require_conditional", "guidance_weight", "resolve_guidance", "guided"]
 
 #: guidance weight used when neither the method option nor the denoiser sets one (w = 1 would make
 #: the null branch irrelevant); Mokady et al. 2023 use 7.5 for Stable Diffusion, 3 suits the small
@@ -49,24 +49,33 @@ def require_conditional(denoiser: Any, method: str) -> Denoiser:
     return denoiser
 
 
-def resolve_guidance(denoiser: Denoiser, option: float | None, method: str) -> float:
-    """The guidance weight ``w`` of a guided-inversion method.
+def guidance_weight(option: Any, base: float, method: str, base_name: str = "the denoiser's guidance") -> float:
+    """The guidance weight ``w`` of a guided-inversion method from its ``guidance`` option and a base weight.
 
-    ``option`` (the method's ``guidance`` option) when given; else the denoiser's own weight when it is
-    not 1; else `DEFAULT_GUIDANCE`.  An option that contradicts a denoiser weight other than 1 is
-    refused, and ``w`` must be finite and > 1 (at ``w = 1`` the null branch has no effect).
+    ``option`` when given (not None); else ``base`` when it is not 1; else `DEFAULT_GUIDANCE`.  An
+    option that contradicts a base weight other than 1 is refused, and ``w`` must be finite and > 1
+    (at ``w = 1`` the null branch has no effect).  ``base`` is the denoiser's weight (solver level,
+    `resolve_guidance`) or the ``guidance`` argument of `medinvert.invert` (volume level, where the
+    result becomes the latent's one ``guidance`` record).
     """
+    base = float(base)
     if option is None:
-        w = denoiser.guidance if denoiser.guidance != 1.0 else DEFAULT_GUIDANCE
+        w = base if base != 1.0 else DEFAULT_GUIDANCE
     else:
         if isinstance(option, bool) or not isinstance(option, (int, float)):
             raise MedinvertError(f"{method} option guidance must be a number, got {option!r}")
         w = float(option)
-        if denoiser.guidance not in (1.0, w):
-            raise MedinvertError(f"{method}: option guidance={w} contradicts the denoiser's guidance {denoiser.guidance}")
+        if base not in (1.0, w):
+            raise MedinvertError(f"{method}: option guidance={w} contradicts {base_name} {base}")
     if not math.isfinite(w) or w <= 1.0:
         raise MedinvertError(f"{method} needs a guidance weight w > 1, got {w}")
     return float(w)
+
+
+def resolve_guidance(denoiser: Denoiser, option: float | None, method: str) -> float:
+    """The guidance weight ``w`` of a guided-inversion method: `guidance_weight` of the method's
+    ``guidance`` option and the denoiser's own weight."""
+    return guidance_weight(option, denoiser.guidance, method)
 
 
 def guided(eps_null: torch.Tensor, eps_cond: torch.Tensor, w: float) -> torch.Tensor:

@@ -10,6 +10,11 @@ coordinates the right-hand side is finite at sigma = 0.  Adaptive methods (``dop
 denoiser's counter.  The callback is called once per grid point after the integration (adaptive
 solvers do not stop at the grid points).  Accurate to the tolerance in both directions, not exactly
 invertible.
+
+Options: ``ode_method`` (the torchdiffeq method, default ``dopri5``), ``rtol``, ``atol``, ``options``
+(passed to ``odeint``).  ``ode_method`` was called ``method`` before; that name collided with the
+``method`` argument of `medinvert.invert` (which names the solver), so it is refused with a pointer
+to the new name (`SolverSpec.renamed`), and latent files of format version 1 are upgraded on load.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ ADAPTIVE: frozenset[str] = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", 
 
 def _check(method: str, rtol: float, atol: float, options: dict[str, Any] | None) -> None:
     if method not in METHODS:
-        raise MedinvertError(f"unknown ODE method {method!r}; valid: {', '.join(METHODS)}")
+        raise MedinvertError(f"unknown ode_method {method!r}; valid: {', '.join(METHODS)}")
     if not (rtol > 0 and atol > 0):
         raise MedinvertError(f"rtol and atol must be positive, got {rtol}, {atol}")
     if options is not None and not isinstance(options, dict):
@@ -72,7 +77,7 @@ def generate(
     state: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    method: str = "dopri5",
+    ode_method: str = "dopri5",
     rtol: float = 1e-7,
     atol: float = 1e-9,
     options: dict[str, Any] | None = None,
@@ -80,9 +85,9 @@ def generate(
 ) -> torch.Tensor:
     """Integrate from ``xbar`` at ``sigmas[0]`` (``(B, C, ...)``) to sigma = 0; returns the clean image."""
     sig = check_sigmas(sigmas)
-    _check(method, rtol, atol, options)
+    _check(ode_method, rtol, atol, options)
     xbar = check_state_tensor(state)
-    path = _integrate(denoiser, xbar, sig, method, rtol, atol, options)
+    path = _integrate(denoiser, xbar, sig, ode_method, rtol, atol, options)
     steps = len(sig) - 1
     for i in range(steps):
         emit(callback, method="ode", direction="generate", step=i, steps=steps, sigma=sig[i + 1], state=path[i + 1], nfe=denoiser.nfe)
@@ -94,7 +99,7 @@ def invert(
     x0: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    method: str = "dopri5",
+    ode_method: str = "dopri5",
     rtol: float = 1e-7,
     atol: float = 1e-9,
     options: dict[str, Any] | None = None,
@@ -102,10 +107,10 @@ def invert(
 ) -> torch.Tensor:
     """Integrate from the clean image ``x0`` (sigma = 0) up to ``sigmas[0]``; returns ``xbar`` there."""
     sig = check_sigmas(sigmas)
-    _check(method, rtol, atol, options)
+    _check(ode_method, rtol, atol, options)
     x0 = check_state_tensor(x0, "x0")
     rising = sig[::-1]
-    path = _integrate(denoiser, x0, rising, method, rtol, atol, options)
+    path = _integrate(denoiser, x0, rising, ode_method, rtol, atol, options)
     steps = len(sig) - 1
     for k in range(steps):
         emit(callback, method="ode", direction="invert", step=k, steps=steps, sigma=rising[k + 1], state=path[k + 1], nfe=denoiser.nfe)
@@ -118,7 +123,8 @@ SPEC = SolverSpec(
     nfe_per_step=None,
     exact_in="none",
     order=None,
-    defaults={"method": "dopri5", "rtol": 1e-7, "atol": 1e-9, "options": None},
+    defaults={"ode_method": "dopri5", "rtol": 1e-7, "atol": 1e-9, "options": None},
     _generate=generate,
     _invert=invert,
+    renamed={"method": "ode_method"},
 )
