@@ -26,14 +26,15 @@ Variants (``--variants`` picks a subset; ``--penalty-weight`` / ``--penalty-targ
     c  spectral norm, sn_target 2             f  no SN + Lipschitz penalty (weight 1)
 
 The penalty is the training loop's hinge ``max(0, ||f(x + d) - f(x)|| / ||d|| - target)^2``.  Its
-`TrainConfig` default target 10 is never reached by these networks (the ratio measured on a trained
-no-SN edm_adjoint model stays below ~1.1 at every noise level), so with it the hinge -- and its
-gradient -- is exactly zero and variant d would repeat variant a bit for bit; the default target here
-is 0.5, about the largest ratio of the spectrally normalised model.
+`TrainConfig` default target 10 is never reached by these networks (on a batch of 12 training inputs,
+noise levels 0.02..110, a 1500-step no-SN edm_adjoint model gave ratios of at most 1.06), so with it the
+hinge -- and its gradient -- is zero and variant d would repeat variant a; the default target here is
+0.5, about the largest ratio of the spectrally normalised model on the same batch.
 
 A variant whose checkpoint in ``--work`` is complete is not retrained (a rerun only evaluates); an
 interrupted one is resumed; a checkpoint trained with other settings is refused.  Run from the
-repository root (the defaults are the documented run, ~2-3 min of training per variant on a free core)::
+repository root (the defaults are the documented run: 140-265 s of training per variant and ~30 s of
+evaluation on the shared 2-core machine, about half that on a free core)::
 
     python benchmarks/ablation.py --work /tmp/medinvert-ablation --json /tmp/ablation.json
 """

@@ -10,8 +10,10 @@ intensity normalisation, deterministic evaluation, fixed slice batches).  Column
   ``max |v|``; ``bit-identical`` when every float32 voxel comes back with the same bits;
 * PSNR -- of the round trip, data range = the slices' maximum (fastMRI convention), ``inf`` when exact;
 * CPU s -- median over the timed round trips of the process CPU time (all threads) of ``invert`` +
-  ``generate``; wall s -- median of the solver loops' wall time as the API reports it (no file I/O or
-  model loading); CPU time vs EDICT -- ratio of the CPU-time medians in the same block.  On a machine
+  ``generate``; invert CPU s -- the same for ``invert`` alone; wall s -- median of the solver loops'
+  wall time as the API reports it (no file I/O or model loading); CPU time vs EDICT -- ratio of the
+  CPU-time medians in the same block; vs exact -- ratios of the round-trip and of the invert-only
+  CPU-time medians to ``exact``'s in the same block (the null-text target).  On a machine
   shared with other jobs CPU time is the steadier measure: wall time also counts the time this process
   waits for a core (a burst of load during one single-run measurement can double it).
 
@@ -20,7 +22,10 @@ after one untimed warm-up round trip per dtype.  All methods see the same condit
 of a 4x Cartesian k-space undersampling of the slices (descriptor + adjoint image ``A^H y``, what the
 shipped models are conditioned on).  ``exact``, ``edict``, ``bdia``, ``ddim`` and ``ode`` run unguided
 (w = 1); ``ddim (w=W)`` is plain guided DDIM inversion, the baseline that ``negprompt`` and
-``nulltext`` (both at w = W) improve on.  ``ode`` (dopri5, adaptive) does not depend on the step count
+``nulltext`` (both at w = W, null-text with its published settings: up to 10 Adam iterations per
+step, lr 1e-2 (1 - i/100), early stop below 1e-5 + 2e-5 i) improve on.  EDICT runs twice: with its
+default float64 pair around the network (the reference row) and with the pair in float32 too
+(``edict-f32pair``, float32 blocks only unless listed in ``--float64-methods``).  ``ode`` (dopri5, adaptive) does not depend on the step count
 and runs in the first block only; the slow methods run at most ``--slow-repeats`` times, null-text and
 guided DDIM only at ``--guided-steps`` (float64: ``--float64-guided-steps``), and float64 only for
 ``--float64-methods``.  Every repeat is
@@ -35,6 +40,12 @@ are the documented run, sized for ~15 minutes on a busy 2-core machine)::
 
     python benchmarks/inversion.py --slices 1 --steps 10 20 50 --repeats 5 --dtypes float32 float64 \\
         --float64-repeats 3 --guided-steps 10 20 50 --float64-guided-steps 10 20 --slow-repeats 1 --threads 1
+
+Only null-text, ``exact`` and the two EDICT variants, float32 (the null-text / EDICT-precision table
+of docs/benchmarks.md)::
+
+    python benchmarks/inversion.py --only exact edict-f32pair nulltext --dtypes float32 --steps 10 20 50 \\
+        --repeats 5 --guided-steps 10 20 50 --slow-repeats 3 --threads 1
 """
 
 from __future__ import annotations
@@ -79,12 +90,12 @@ def methods(guidance: float) -> list[Method]:
     """The compared methods, EDICT first (the time reference)."""
     w = f"{guidance:g}"
     return [
-        Method("edict (p=0.93)", "edict", "edict", {}),
+        Method("edict (p=0.93, float64 pair)", "edict", "edict", {}),
+        Method("edict (p=0.93, float32 pair)", "edict-f32pair", "edict", {"state_dtype": "float32"}),
         Method("exact (bdia, int64)", "exact", "exact", {}),
         Method("bdia (gamma=1)", "bdia", "bdia", {}),
         Method("ddim", "ddim", "ddim", {}),
-        # dopri5 is the ode solver's default (its `method` option cannot be passed through
-        # inversion.invert, whose own `method` keyword names the solver)
+        # dopri5 is the ode solver's default (option ode_method)
         Method("ode (dopri5, tol 1e-5)", "ode", "ode", {"rtol": 1e-5, "atol": 1e-5}, slow=True),
         Method(f"ddim (w={w})", "ddim-guided", "ddim", {}, guidance=guidance),
         Method(f"negprompt (w={w})", "negprompt", "negprompt", {}, guidance=guidance),
@@ -99,6 +110,7 @@ class Cell:
     method: Method
     seconds: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    cpu_invert: list[float] = field(default_factory=list)
     nfe: tuple[int, int] = (0, 0)
     backward: int = 0
     max_error: float = math.nan
@@ -137,8 +149,10 @@ def run_once(cell: Cell, volume: torch.Tensor, net: inversion.ResolvedNetwork, c
     cpu = time.process_time()
     latent = inversion.invert(volume, net, method=m.name, steps=steps, guidance=m.guidance, condition=condition,
                               batch_size=batch_size, dtype=dtype, threads=threads, **m.options)
+    cpu_invert = time.process_time() - cpu
     out = inversion.generate(latent, net)
     cell.cpu.append(time.process_time() - cpu)
+    cell.cpu_invert.append(cpu_invert)
     gen = out.meta["medinvert_generate"]
     cell.seconds.append(latent.stats["seconds"] + gen["seconds"])
     got = out.as_tensor()
@@ -165,10 +179,12 @@ def fmt(value: float, digits: int = 2) -> str:
 
 def print_block(cells: list[Cell], steps: int, dtype: str) -> None:
     reference = statistics.median(cells[0].cpu)
+    exact = [c for c in cells if c.method.key == "exact" and c.cpu]
+    exact_cpu = (statistics.median(exact[0].cpu), statistics.median(exact[0].cpu_invert)) if exact else None
     print(f"\n**{dtype}, {steps} steps**\n")
-    print("| method | NFE/step (invert / generate) | max abs error | relative | PSNR (dB) | CPU s | wall s | n "
-          "| CPU time vs EDICT |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| method | NFE/step (invert / generate) | max abs error | relative | PSNR (dB) | CPU s | invert CPU s "
+          "| wall s | n | CPU time vs EDICT | vs exact (round trip / invert) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in cells:
         if not c.seconds:
             continue
@@ -179,10 +195,12 @@ def print_block(cells: list[Cell], steps: int, dtype: str) -> None:
         rel = "0" if c.bit_identical else fmt(c.relative)
         db = "inf" if math.isinf(c.psnr) else f"{c.psnr:.1f}"
         cpu, wall = statistics.median(c.cpu), statistics.median(c.seconds)
+        cpu_inv = statistics.median(c.cpu_invert)
         det = "" if c.deterministic else " (NOT deterministic)"
         label = c.method.label + (" [adaptive: any steps]" if c.method.name == "ode" else "")
-        print(f"| {label} | {nfe} | {error}{det} | {rel} | {db} | {cpu:.2f} | {wall:.2f} | {len(c.cpu)} "
-              f"| {cpu / reference:.2f}x |")
+        vs_exact = "-" if exact_cpu is None else f"{cpu / exact_cpu[0]:.1f}x / {cpu_inv / exact_cpu[1]:.1f}x"
+        print(f"| {label} | {nfe} | {error}{det} | {rel} | {db} | {cpu:.2f} | {cpu_inv:.2f} | {wall:.2f} "
+              f"| {len(c.cpu)} | {cpu / reference:.2f}x | {vs_exact} |")
 
 
 def _repeats_for(args: argparse.Namespace) -> dict[int, int]:
@@ -219,8 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, nargs="+", default=[5],
                         help="timed round trips per method: one value, or one per --steps entry (default 5)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
-    parser.add_argument("--float64-methods", nargs="+", default=[m.key for m in methods(GUIDANCE)],
-                        help="methods (keys, see --only) also run in float64 (default: all)")
+    parser.add_argument("--float64-methods", nargs="+",
+                        default=[m.key for m in methods(GUIDANCE) if m.key != "edict-f32pair"],
+                        help="methods (keys, see --only) also run in float64 (default: all but edict-f32pair)")
     parser.add_argument("--float64-repeats", type=int, default=3, help="timed round trips in float64 (default 3)")
     parser.add_argument("--slow-repeats", type=int, default=1, help="at most this many round trips of nulltext and ode")
     parser.add_argument("--guided-steps", type=int, nargs="*", default=[10, 20, 50],
@@ -233,8 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: steadiest on a shared machine, see docs)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="run only these methods (keys: edict exact bdia ddim ode ddim-guided negprompt "
-                             "nulltext; edict always runs)")
+                        help="run only these methods (keys: edict edict-f32pair exact bdia ddim ode ddim-guided "
+                             "negprompt nulltext; edict always runs)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

@@ -84,6 +84,8 @@ SETTINGS = {4: 0.08, 8: 0.04}
 BOUND_ACCELERATIONS = (2, 4, 6, 8, 12)
 BOUND_NOISE = (0.01, 0.02, 0.05, 0.1)
 SEED = 0
+#: sampler start of every reconstruction in this run (`medinvert.engine`, step 3; set by ``--start``)
+SAMPLER_START = {"start": "guess"}
 
 
 def evaluation_slices(n: int, brain_range: tuple[int, int] = BRAIN_RANGE) -> list[int]:
@@ -151,7 +153,8 @@ def run_ours(observation: Observation, resolved: ResolvedNetwork, method: str, s
     with deterministic(threads):
         run = run_reconstruction(observation, resolved.net, resolved.schedule, method=method, steps=steps,
                                  batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
-                                 slices=list(slices), y_override=y_override)  # type: ignore[arg-type]
+                                 slices=list(slices), y_override=y_override,  # type: ignore[arg-type]
+                                 start=SAMPLER_START["start"])
     done = len(run.evaluated_slices)
     return run.volume[:, :, list(slices)].clone(), run.seconds / max(done, 1), run.nfe
 
@@ -443,8 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--threads of the full-volume `medinvert reconstruct` run (default 2: the "
                              "reference machine's cores)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--start", default="guess", choices=["guess", "noise"], help="sampler start (default guess)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     args = parser.parse_args(argv)
+    SAMPLER_START["start"] = args.start
     check_split()
     if args.quick:
         args.slices, args.bound_slices, args.no_volume = 2, 1, True
@@ -455,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolved = resolve_network(args.model)
     model_sha = resolved.reference.get("sha256") or sha256_of(args.model)
     print(f"model: {args.model} (sha256 {model_sha}, prediction {resolved.prediction}, "
-          f"schedule {resolved.schedule.config})")
+          f"schedule {resolved.schedule.config}, start {args.start})")
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, {args.threads} threads; load average {os.getloadavg()[0]:.2f} at start")
     out: dict[str, Any] = {"model": args.model, "model_sha256": model_sha, "slices": slices, "threads": args.threads}

@@ -343,14 +343,23 @@ def _parse_meta(entry: np.ndarray, source: Path) -> dict[str, Any]:
             raise MedinvertError(f"latent metadata entry {key!r} is malformed", path=source)
     if meta["state"].get("kind") not in STATE_CLASSES:
         raise MedinvertError(f"latent state kind {meta['state'].get('kind')!r} is unknown", path=source)
-    if isinstance(meta["guidance"], bool) or not isinstance(meta["guidance"], (int, float)):
-        raise MedinvertError(f"latent guidance {meta['guidance']!r} is not a number", path=source)
+    if not _finite_number(meta["guidance"]):
+        raise MedinvertError(f"latent guidance {meta['guidance']!r} is not a finite number", path=source)
     _upgrade(meta, version, source)
     scale = meta["intensity"].get("scale")
     if not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale) \
             or math.frexp(float(scale))[0] != 0.5:
         raise MedinvertError(f"latent intensity scale {scale!r} is not a positive power of two", path=source)
     return meta
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # a JSON integer beyond float range
+        return False
 
 
 def _upgrade(meta: dict[str, Any], version: int, source: Path) -> None:

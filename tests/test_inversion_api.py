@@ -177,7 +177,8 @@ def test_ddim_round_trip_error_is_reported(net):
 def test_float_states_keep_the_requested_dtype(net):
     volume = torch.randn(8, 8, 2)
     assert invert(volume, net, method="ddim", steps=2, dtype="float64").state.dtype == torch.float64
-    assert invert(volume, net, method="edict", steps=2, dtype="float32").state.x.dtype == torch.float32
+    assert invert(volume, net, method="edict", steps=2, dtype="float32").state.x.dtype == torch.float64  # state_dtype
+    assert invert(volume, net, method="edict", steps=2, dtype="float32", state_dtype="float32").state.x.dtype == torch.float32
     assert invert(volume, net, method="exact", steps=2, dtype="float64").state.z.dtype == torch.int64
 
 

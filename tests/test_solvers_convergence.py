@@ -45,7 +45,7 @@ def _slopes(errors):
         ("exact", {}, 2),
         ("exact", {"scheme": "leapfrog"}, 2),
         ("exact", {"scheme": "heun"}, 2),
-        ("ode", {"method": "euler"}, 1),
+        ("ode", {"ode_method": "euler"}, 1),
         ("ode", {"ode_method": "rk4"}, 4),
     ],
 )

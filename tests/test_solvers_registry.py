@@ -32,9 +32,13 @@ def test_unknown_and_bad_options():
     with pytest.raises(MedinvertError, match="no option"):
         SOLVERS["ddim"].generate(den, x, sig, gamma=0.5)
     for name, options in (("edict", {"p": 0.0}), ("bdia", {"gamma": 1.5}), ("exact", {"scheme": "rk4"}),
-                          ("exact", {"frac_bits": 70}), ("ode", {"method": "magic"}), ("ode", {"rtol": -1.0})):
+                          ("exact", {"frac_bits": 70}), ("ode", {"ode_method": "magic"}), ("ode", {"rtol": -1.0}),
+                          ("edict", {"state_dtype": "float16"})):
         with pytest.raises(MedinvertError):
             SOLVERS[name].invert(den, x, sig, **options)
+    # the ode option `method` (it collided with the API's `method`) is refused naming its new name
+    with pytest.raises(MedinvertError, match="'method' is now 'ode_method'"):
+        SOLVERS["ode"].invert(den, x, sig, method="rk4")
 
 
 @pytest.mark.parametrize(

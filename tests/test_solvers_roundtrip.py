@@ -88,12 +88,32 @@ def test_float_exact_methods_round_trip(name, kind, float32_steps):
         net = net.double() if dtype == torch.float64 else net
         den = Denoiser(net, schedule, cond=torch.ones(3), guidance=2.0)
         x0 = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        # EDICT here: the pair in the network's dtype too (its default float64 pair: the next test)
+        options = {"state_dtype": str(dtype).replace("torch.", "")} if name == "edict" else {}
         for steps in all_steps:
             sig = schedule.sigmas(steps)
-            back = SOLVERS[name].generate(den, SOLVERS[name].invert(den, x0, sig), sig)
+            back = SOLVERS[name].generate(den, SOLVERS[name].invert(den, x0, sig, **options), sig, **options)
             assert back.dtype == dtype
             relative = float((back - x0).abs().max() / x0.abs().max())
             assert relative <= limit, (name, dtype, steps, relative)
+
+
+@pytest.mark.parametrize("kind", ["linear", "scaled_linear"])
+def test_edict_float64_pair_with_a_float32_network(kind):
+    """EDICT's default: coupled-pair arithmetic in float64 around a float32 network -- also at 10 steps
+    of the linear schedule, where the all-float32 pair misses 1e-5 (the test above)."""
+    schedule = make_schedule(kind)
+    den = Denoiser(TinyNet(seed=11, scale=0.3), schedule, cond=torch.ones(3), guidance=2.0)
+    x0 = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    for steps in (10, 20, 50):
+        sig = schedule.sigmas(steps)
+        state = SOLVERS["edict"].invert(den, x0, sig)
+        assert state.x.dtype == state.y.dtype == torch.float64 and den.dtype == torch.float32
+        back = SOLVERS["edict"].generate(den, state, sig)
+        relative = float((back.to(torch.float32) - x0).abs().max() / x0.abs().max())
+        assert relative <= 1e-6, (kind, steps, relative)
+    with pytest.raises(MedinvertError, match="state_dtype"):
+        SOLVERS["edict"].generate(den, state, sig, state_dtype="float32")
 
 
 def test_ddim_round_trip_error_is_reported(record_property):

@@ -45,7 +45,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, repeatable: p=0.93 and state_dtype=float64|float32 (edict), gamma=1 "
                              "(bdia), scheme=bdia|leapfrog|heun and frac_bits=N (exact), ode_method, rtol, atol (ode), "
-                             "inner_steps, lr, tol (nulltext)")
+                             "inner_steps, lr, lr_decay, tol, tol_growth (nulltext)")
     parser.add_argument("--ode-method", default=None, metavar="NAME",
                         help="torchdiffeq method of --method ode (dopri5 default, rk4, euler, ...); "
                              "same as --option ode_method=NAME")

@@ -14,11 +14,11 @@ decreasing float64 grid ending with 0 (`medinvert.schedule.Schedule.sigmas`); se
 name       NFE / step    exact in                update
 =========  ============  ======================  ==================================================
 ddim       1             none                    Euler in xbar; approximate inversion
-edict      2             exact arithmetic        coupled pair + mixing p (Wallace et al. 2022)
+edict      2             exact arithmetic        coupled pair + mixing p (Wallace et al. 2022); pair in float64 by default
 bdia       1             exact arithmetic        bi-directional DDIM increments (Zhang et al. 2023)
 exact      1             floating point (bits)   BDIA gamma=1 / leapfrog / reversible Heun on int64
 ode        adaptive      none (tolerance)        torchdiffeq odeint (dopri5, rk4, ...)
-nulltext   ~2 + 1..11    none (approximate)      guided DDIM + per-step Adam on the null condition (Mokady et al. 2023)
+nulltext   3 + k_i       none (approximate)      guided DDIM + per-step Adam (k_i <= 10 iterations, each + 1 backward) on the null condition (Mokady et al. 2023)
 negprompt  1 (2: edit)   none (approximate)      guidance-1 DDIM pivot, condition as negative (Miyake et al. 2023)
 =========  ============  ======================  ==================================================
 """

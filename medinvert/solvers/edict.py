@@ -23,13 +23,15 @@ State precision (option ``state_dtype``, default ``"float64"``).  The pair and e
 affine couplings, the mixing and the divisions by ``p`` and ``a``) are computed in ``state_dtype``;
 the network still runs in its own dtype (the denoiser casts its input down and returns eps in the
 state's dtype).  Generation returns the image in ``state_dtype`` (the volume API rounds it to
-float32 once, at the end).  Why: with a float32 network the round trip then loses only what the
-network's input rounding loses -- the same float32 input (hence bit-identical eps) in both
-directions unless a float64 pair straddles a float32 rounding boundary -- instead of the float32
-rounding of every pair update, amplified by the parasitic mode above.  ``state_dtype="float32"``
-keeps everything in float32 (the plain float32 EDICT of the benchmark's "state float32" row).  The
-paper's code runs everything in float64.  A state passed to `generate` must have the dtype of
-``state_dtype``.
+float32 once, at the end).  Why: a float32 pair loses most at the top of the grid -- on the shipped
+t1 model at 10 linear steps, rounding the otherwise float64 pair to float32 once at sigma 157 costs
+8e-4 relative, at sigma 60 1.6e-4, below sigma 6 <= 2e-6 (docs/methods.md) -- and the coupled steps
+there amplify pair differences.  With the float64 pair the network still sees float32 inputs, which
+are the same bits in both directions unless a float64 value straddles a float32 rounding boundary, so
+eps matches and the float32 round trip is 2.4e-7 / 3.9e-7 / 4.5e-9 relative at 10 / 20 / 50 steps
+(float32 pair: 1.6e-3 / 1.6e-3 / 6.4e-5; docs/benchmarks.md), for 2-4 % more time.
+``state_dtype="float32"`` keeps the pair in float32 too.  The paper's code runs everything in
+float64.  A state passed to `generate` must have the dtype of ``state_dtype``.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ STATE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": tor
 
 
 def _state_dtype(name: str) -> torch.dtype:
-    if name not in STATE_DTYPES:
+    if not isinstance(name, str) or name not in STATE_DTYPES:
         raise MedinvertError(f"EDICT state_dtype must be one of {', '.join(STATE_DTYPES)}, got {name!r}")
     return STATE_DTYPES[name]
 

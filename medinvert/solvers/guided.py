@@ -64,7 +64,10 @@ def guidance_weight(option: Any, base: float, method: str, base_name: str = "the
     else:
         if isinstance(option, bool) or not isinstance(option, (int, float)):
             raise MedinvertError(f"{method} option guidance must be a number, got {option!r}")
-        w = float(option)
+        try:
+            w = float(option)
+        except OverflowError:  # an integer beyond float range
+            raise MedinvertError(f"{method} option guidance {option} is out of range") from None
         if base not in (1.0, w):
             raise MedinvertError(f"{method}: option guidance={w} contradicts {base_name} {base}")
     if not math.isfinite(w) or w <= 1.0:

@@ -80,7 +80,8 @@ class NullTextState:
             in the network's dtype.
         guidance: the guidance weight ``w`` the null conditions were optimised for.
         iterations: ``(n,)`` int64 inner forward passes ``k_i`` of each step.
-        backward: ``(n,)`` int64 backward passes (Adam steps) of each step.
+        backward: ``(n,)`` int64 backward passes (Adam updates) of each step; equal to ``iterations``
+            with the published loop (every inner iteration updates), kept as the cost record.
         sigmas: the generation grid (down to 0) this state belongs to.
     """
 

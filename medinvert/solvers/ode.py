@@ -49,7 +49,7 @@ ADAPTIVE: frozenset[str] = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", 
 
 
 def _check(method: str, rtol: float, atol: float, options: dict[str, Any] | None) -> None:
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise MedinvertError(f"unknown ode_method {method!r}; valid: {', '.join(METHODS)}")
     if not (rtol > 0 and atol > 0):
         raise MedinvertError(f"rtol and atol must be positive, got {rtol}, {atol}")
