@@ -71,12 +71,12 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Validated keyword arguments for `medinvert.inversion.invert` (raises `MedinvertError`)."""
+def validate_sampling_args(args: argparse.Namespace) -> None:
+    """``--steps`` / ``--batch-size`` / ``--threads`` positive and ``--guidance`` finite (shared by the
+    sampling commands; raises `MedinvertError`)."""
     import math
 
     from medinvert.errors import MedinvertError
-    from medinvert.solvers import get_solver
 
     for name in ("steps", "batch_size"):
         if getattr(args, name) < 1:
@@ -85,6 +85,14 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise MedinvertError(f"--threads must be a positive integer, got {args.threads}")
     if not math.isfinite(args.guidance):
         raise MedinvertError(f"--guidance must be finite, got {args.guidance}")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Validated keyword arguments for `medinvert.inversion.invert` (raises `MedinvertError`)."""
+    from medinvert.errors import MedinvertError
+    from medinvert.solvers import get_solver
+
+    validate_sampling_args(args)
     options = parse_options(args.option)
     if "guidance" in options:  # the API's guidance argument is the one weight (also of nulltext / negprompt)
         raise MedinvertError("give the guidance weight with --guidance, not --option guidance=...")

@@ -41,7 +41,6 @@ Behaviour:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,15 +207,10 @@ def volume_jobs(root: str | Path, exclude: Path | None = None,
 
 # ---------------------------------------------------------------------------- validation
 def _validate_options(args: argparse.Namespace) -> None:
+    from medinvert.cli.invert import validate_sampling_args
     from medinvert.errors import MedinvertError
 
-    for name in ("steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise MedinvertError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    if args.threads is not None and args.threads < 1:
-        raise MedinvertError(f"--threads must be a positive integer, got {args.threads}")
-    if not math.isfinite(args.guidance):
-        raise MedinvertError(f"--guidance must be finite, got {args.guidance}")
+    validate_sampling_args(args)
     if not 0 <= args.seed < 2**32:
         raise MedinvertError(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.device != "cpu" and not args.device.startswith("cuda"):
