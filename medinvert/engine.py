@@ -5,7 +5,8 @@ Algorithm (per batch of axial slices; no per-sample optimisation):
 1. Normalise: ``s = robust_scale(A^H y)`` (`medinvert.intensity`); the network sees ``x / s`` and the
    measurement ``y / s`` (operators are linear, so this is consistent).
 2. Condition: descriptor ``c`` of the corruption and the adjoint image ``A^H y / s`` as an extra input
-   channel (as in training, `medinvert.train.loop`).
+   channel (as in training, `medinvert.train.loop`); a 2.5D network also gets the adjoint images of
+   its ``k`` neighbouring slices on each side (`medinvert.models.slab`).
 3. Deterministic start at the top of the grid ``sigma_0``, in DDIM-ODE coordinates (``start=``):
    ``"guess"`` (default): ``xbar_0 = A^H y / s`` -- the noise-free point of the guess.  The first
    prediction is then the network's estimate of ``E[x0 | A^H y]`` and the probability-flow ODE
@@ -49,6 +50,7 @@ from medinvert.operators.blur import BlurOperator
 from medinvert.operators.identity import IdentityOperator
 from medinvert.operators.inpaint import InpaintOperator
 from medinvert.operators.kspace import KspaceOperator
+from medinvert.models.slab import slab_stack
 from medinvert.operators.layout import slices_to_volume, volume_to_slices
 from medinvert.schedule import Schedule, make_schedule
 from medinvert.solvers import get_solver
@@ -228,6 +230,10 @@ def run_reconstruction(
     measured = obs.y.reshape(z_size, -1).abs().amax(dim=1) > 0
     todo = [k for k in selected if bool(measured[k])]
     takes_adjoint = _n_cond_channels(net) > 0
+    neighbours = _slab_neighbours(net)
+    if neighbours and _n_cond_channels(net) != 1:
+        raise MedinvertError("2.5D networks need exactly one conditioning image (the adjoint) per slice")
+    adjoint_slices = volume_to_slices(obs.adjoint).to(torch.float64) / scale if neighbours else None
     started = time.perf_counter()
     nfe = 0
     for b0 in range(0, len(todo), batch_size):
@@ -237,6 +243,8 @@ def run_reconstruction(
         y = torch.cat([p.y for p in problems])
         operator = _stack_operator(obs, problems)
         extra = adjoint.to(torch.float32) if takes_adjoint else None
+        if adjoint_slices is not None:  # 2.5D: the adjoints of the neighbouring slices as well
+            extra = slab_stack(adjoint_slices, chunk, neighbours).to(torch.float32)
         denoiser = Denoiser(net, schedule, prediction=prediction, cond=cond, extra=extra, guidance=guidance)
         dc = DataConsistentDenoiser(denoiser, operator, y, sigma_y)
         state = adjoint if start == "guess" else adjoint + sigmas[0].item() * start_noise(base_seed, chunk, (x_size, y_size))
@@ -295,6 +303,12 @@ def _n_cond_channels(net: torch.nn.Module) -> int:
     if isinstance(config, dict) and "n_cond_channels" in config:
         return int(config["n_cond_channels"])
     return int(getattr(net, "in_channels", 2)) - 1
+
+
+def _slab_neighbours(net: torch.nn.Module) -> int:
+    """``k`` neighbouring slices on each side whose conditioning a 2.5D network sees (0 for 2D)."""
+    config = getattr(net, "config", None)
+    return int(config.get("neighbours", 0)) if isinstance(config, dict) else 0
 
 
 def _stack_operator(observation: Observation, problems: list[SliceProblem]) -> LinearOperator:

@@ -50,6 +50,7 @@ from torch import nn
 
 from medinvert.errors import MedinvertError, NumericalError
 from medinvert.latent import Latent
+from medinvert.models.slab import slab_stack
 from medinvert.schedule import Schedule, make_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,7 +98,9 @@ class ResolvedNetwork:
         prediction: ``"eps"``, ``"x0"`` or ``"v"``.
         reference: ``kind`` (checkpoint / random / module), ``name``, ``path``, ``sha256``,
             ``sha256_of`` (file / state_dict), ``architecture``.
-        n_cond_channels: extra conditioning image channels ``E`` the network expects.
+        n_cond_channels: conditioning image channels per slice the network expects.
+        neighbours: ``k`` of a 2.5D network (it also sees the conditioning image of ``k`` slices on
+            each side, `medinvert.models.slab`); 0 for 2D networks.
         descriptor_dim: length ``K`` of its condition descriptor (None if unknown).
         modality: canonical modality its checkpoint was trained on (``t1``, ``t1ce``, ``t2``,
             ``flair``), None when unknown or multi-contrast (see `check_model_modality`).
@@ -110,6 +113,7 @@ class ResolvedNetwork:
     n_cond_channels: int
     descriptor_dim: int | None
     modality: str | None = None
+    neighbours: int = 0
 
 
 # ---------------------------------------------------------------------- networks
@@ -168,14 +172,14 @@ def _wrap(net: nn.Module, config: dict[str, Any], reference: dict[str, Any]) -> 
         raise MedinvertError(f"model must be an nn.Module, a model name or a checkpoint path, got {type(net).__name__}")
     arch = _architecture(net, config)
     dim = arch.get("dim", "2d")
-    if dim != "2d":
-        raise MedinvertError(f"{dim} networks are not yet supported by invert/generate (2D slice networks only)")
+    if dim not in ("2d", "2.5d"):
+        raise MedinvertError(f"{dim} networks are not yet supported by invert/generate (2D and 2.5D slice networks only)")
     prediction = config.get("prediction", "eps")
     reference = {**reference, "architecture": arch or {"class": type(net).__name__}}
     descriptor_dim = arch.get("descriptor_dim")
     return ResolvedNetwork(net, _schedule_from(config), str(prediction), reference,
                            int(arch.get("n_cond_channels", 0)), None if descriptor_dim is None else int(descriptor_dim),
-                           _canonical_modality(config.get("modality")))
+                           _canonical_modality(config.get("modality")), int(arch.get("neighbours", 0)))
 
 
 def _canonical_modality(value: Any) -> str | None:
@@ -449,9 +453,10 @@ def _denoiser(net: ResolvedNetwork, dtype: torch.dtype, batch_size: int, guidanc
     extra = None
     if net.n_cond_channels:
         if image is None:  # no conditioning image: zeros, as in condition dropout during training
-            extra = torch.zeros(net.n_cond_channels, x, y, dtype=torch.float32)
+            extra = torch.zeros(net.n_cond_channels + 2 * net.neighbours, x, y, dtype=torch.float32)
         else:
-            extra = _to_batch(torch.from_numpy(np.ascontiguousarray(image)) / scale)
+            slices = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1) / scale  # (Z, X, Y)
+            extra = slab_stack(slices, range(slices.shape[0]), net.neighbours).contiguous()
     cond = None if descriptor is None else torch.from_numpy(np.ascontiguousarray(descriptor))
     return Denoiser(_in_dtype(net.net, dtype), net.schedule, prediction=net.prediction, cond=cond, guidance=guidance,
                     extra=extra, batch_size=batch_size, dtype=dtype)

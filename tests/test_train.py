@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _torchrun import rank_errors, run_torchrun
 from medinvert.errors import MedinvertError
 from medinvert.models.checkpoint import load_checkpoint, read_checkpoint
 from medinvert.schedule import make_schedule
@@ -102,12 +100,10 @@ def test_heldout_cases_are_not_trained_on(tiny_data: Path) -> None:
 
 def test_torchrun_two_processes_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-               "-m", "medinvert", "train", str(tiny_data), "--modality", "t1", "--steps", "2", "--out", str(out),
-               "--batch-size", "2", "--crop", "32", "--channels", "8,16", "--threads", "1", "--no-progress"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_torchrun(["train", str(tiny_data), "--modality", "t1", "--steps", "2", "--out", str(out),
+                           "--batch-size", "2", "--crop", "32", "--channels", "8,16", "--threads", "1",
+                           "--no-progress"])
+    assert result.returncode == 0, rank_errors(result.stderr)
     model, config = load_checkpoint(out)
     assert config["training"]["completed_steps"] == 2
     record = json.loads(out.with_suffix(".log.jsonl").read_text().splitlines()[-1])

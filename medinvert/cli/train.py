@@ -14,7 +14,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("data", help="folder of cases (BraTS layout, NIfTI files, DICOM series)")
     p.add_argument("--modality", required=True, choices=["t1", "t1ce", "t2", "flair", "all"],
                    help="modality to train on; 'all' pools the four (a multi-contrast base model)")
-    p.add_argument("--dim", default="2d", choices=["2d", "2.5d", "3d"])
+    p.add_argument("--dim", default="2d", choices=["2d", "2.5d", "3d"],
+                   help="2d slices (default) or 2.5d: slices that also see their neighbours' adjoint images "
+                        "(3d patches: the network exists, training does not yet)")
+    p.add_argument("--neighbours", type=int, default=None,
+                   help="2.5d: neighbouring slices on each side (default 2)")
     p.add_argument("--steps", type=int, required=True, help="total optimisation steps")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--resume", action="store_true", help="continue the run stored in --out")
@@ -62,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.sn_target > 0:
             raise MedinvertError(f"--sn-target must be > 0, got {args.sn_target}")
         architecture["sn_target"] = float(args.sn_target)
+    if args.neighbours is not None or args.dim == "2.5d":
+        architecture["neighbours"] = 2 if args.neighbours is None else args.neighbours
     extra = {} if args.prediction is None else {"prediction": args.prediction}
     config = TrainConfig(architecture=architecture, data=args.data, modality=args.modality, out=args.out, steps=args.steps, dim=args.dim,
                          batch_size=args.batch_size, crop=args.crop, lr=args.lr,

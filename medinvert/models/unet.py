@@ -14,7 +14,8 @@ embedding) are summed into one embedding that modulates every block through a bo
 Channel layout of ``x`` (the denoiser stacks it in this order):
 
 * ``"2d"``: ``[noisy slice, n_cond_channels conditioning images]``, ``x: (B, C_in, H, W)``;
-* ``"2.5d"``: ``[noisy centre slice, 2k noisy neighbours (z-k .. z-1, z+1 .. z+k), conditioning]``;
+* ``"2.5d"``: ``[noisy centre slice, conditioning image of the centre, the conditioning images of
+  the 2k neighbours z-k .. z-1, z+1 .. z+k]`` (`medinvert.models.slab`; the ODE state stays one slice);
 * ``"3d"``: ``[noisy patch, conditioning]``, ``x: (B, C_in, D, H, W)``.
 
 The output is the predicted noise of the (centre) slice / patch.  The constructor's keyword
@@ -59,7 +60,7 @@ class LipschitzUNet(nn.Module):
     """Conditional noise predictor with spectrally normalised convolutions.
 
     Args:
-        dim: ``"2d"`` (default), ``"2.5d"`` (neighbouring slices as channels) or ``"3d"`` (patches).
+        dim: ``"2d"`` (default), ``"2.5d"`` (neighbouring slices' conditioning as channels) or ``"3d"`` (patches).
         n_cond_channels: extra conditioning image channels (e.g. the observation's adjoint image).
         neighbours: ``k`` neighbouring slices on each side (``"2.5d"`` only, ``k >= 1``).
         channels: feature channels per resolution level; ``len(channels) - 1`` downsamplings.

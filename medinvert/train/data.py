@@ -14,8 +14,10 @@ samples an uninterrupted one would have seen):
    inpainting masks, Gaussian / Rician noise, Gaussian / motion blur) with `medinvert.corrupt`, and
    re-normalise clean image and adjoint by the *adjoint's* robust scale (what inference can see).
 
-Returned dict (tensors, float32): ``x0 (1, crop, crop)`` clean image, ``adjoint (1, crop, crop)``
-real part of ``A^H y``, ``descriptor (DESCRIPTOR_LENGTH,)``.
+Returned dict (tensors, float32): ``x0 (1, crop, crop)`` clean image, ``adjoint (1 + 2k, crop, crop)``
+real part of ``A^H y`` (for 2.5D training with ``neighbours = k``: the slab of `medinvert.models.slab`,
+centre first; the ``2k + 1`` slices are augmented and corrupted together, as one small volume),
+``descriptor (DESCRIPTOR_LENGTH,)``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from monai.data import CacheDataset, Dataset, get_track_meta, set_track_meta
 from medinvert.errors import MedinvertError
 from medinvert.intensity import robust_scale
 from medinvert.io import find_cases, load_volume
+from medinvert.models.slab import slab_indices
 
 __all__ = ["TRAINABLE_MODALITIES", "load_training_volumes", "SliceSamples", "sample_corruption"]
 
@@ -143,13 +146,14 @@ class SliceSamples(Dataset):
     """
 
     def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 96,
-                 first_index: int = 0) -> None:
+                 first_index: int = 0, neighbours: int = 0) -> None:
         super().__init__(data=range(int(length)))
         self.volumes = volumes
         self.brain_slices = [_brain_slices(v) for v in volumes]
         self.seed = int(seed)
         self.crop = int(crop)
         self.first_index = int(first_index)
+        self.neighbours = int(neighbours)
         self.augment = _augmentations(self.crop)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
@@ -159,16 +163,18 @@ class SliceSamples(Dataset):
         rng = np.random.default_rng([self.seed, global_index])
         v = int(rng.integers(len(self.volumes)))
         z = int(rng.choice(self.brain_slices[v]))
-        image = self.volumes[v][:, :, z][None].float()                       # (1, X, Y)
+        volume = self.volumes[v]
+        slab = slab_indices(z, self.neighbours, volume.shape[2])
+        image = volume[:, :, slab].permute(2, 0, 1).float()                   # (S, X, Y), S = 2k + 1
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
-        with _plain_tensors():
-            clean = torch.as_tensor(self.augment(image)).float().clamp_min(0.0)  # (1, crop, crop)
+        with _plain_tensors():  # spatial transforms move all S slices together
+            clean = torch.as_tensor(self.augment(image)).float().clamp_min(0.0)  # (S, crop, crop)
         kind, params = sample_corruption(rng)
-        observation = corrupt(clean[0][:, :, None], kind, seed=int(rng.integers(2**31)), **params)
-        adjoint = torch.as_tensor(observation.adjoint).float()[:, :, 0][None]
-        scale = robust_scale(adjoint) * float(rng.uniform(0.8, 1.25))
+        observation = corrupt(clean.permute(1, 2, 0), kind, seed=int(rng.integers(2**31)), **params)
+        adjoint = torch.as_tensor(observation.adjoint).float().permute(2, 0, 1)  # (S, crop, crop)
+        scale = robust_scale(adjoint[0]) * float(rng.uniform(0.8, 1.25))
         return {
-            "x0": clean / scale,
+            "x0": clean[:1] / scale,
             "adjoint": adjoint / scale,
             "descriptor": torch.as_tensor(observation.descriptor).float(),
         }

@@ -106,8 +106,10 @@ class TrainConfig:
             raise MedinvertError(f"unknown modality {self.modality!r}; valid: {', '.join(TRAINABLE_MODALITIES)}, all")
         if self.prediction not in TRAINABLE_PREDICTIONS:
             raise MedinvertError(f"prediction must be one of {', '.join(TRAINABLE_PREDICTIONS)}, got {self.prediction!r}")
-        if self.dim != "2d":
-            raise MedinvertError(f"training is implemented for --dim 2d only (got {self.dim!r})")
+        if self.dim not in ("2d", "2.5d"):
+            raise MedinvertError(f"training is implemented for --dim 2d and 2.5d (got {self.dim!r})")
+        if (self.dim == "2.5d") != (int(self.architecture.get("neighbours", 0)) > 0):
+            raise MedinvertError("--dim 2.5d needs --neighbours >= 1, and --neighbours applies only to --dim 2.5d")
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
@@ -192,6 +194,33 @@ def _target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.
     return v
 
 
+def initial_state(initial: dict[str, Any], model: LipschitzUNet, path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights of the ``--init`` checkpoint ``initial`` (its EMA) for ``model``.
+
+    The architectures must match, except that a 2D checkpoint may start a 2.5D model of otherwise
+    equal architecture: the stem's input columns of the neighbours' conditioning images are zero, so
+    the 2.5D model starts as exactly the 2D one and learns to use the neighbours while fine-tuning.
+    """
+    source = initial.get("ema_state", initial["state_dict"])
+    architecture = dict(initial["config"].get("architecture") or {})
+    if architecture == model.config:
+        return source
+    plain = {**model.config, "dim": "2d", "neighbours": 0}
+    if architecture != plain or model.config["spectral_norm"]:
+        raise MedinvertError("--init checkpoint has a different architecture (only 2d -> 2.5d without spectral "
+                             "normalisation can be widened)", path)
+    state = model.state_dict()
+    widened = {}
+    for name, value in state.items():
+        old = source[name]
+        if old.shape != value.shape:  # the stem: (C0, in_channels * patch^2, 3, 3), pixel_unshuffle order
+            widened[name] = torch.zeros_like(value)
+            widened[name][:, :old.shape[1]] = old
+        else:
+            widened[name] = old
+    return widened
+
+
 def replica_digest(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter and buffer (identifies the exact weights of a replica)."""
     digest = hashlib.sha256()
@@ -262,9 +291,7 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if config.init is not None and not (resume and out.exists()):
         initial = read_checkpoint(config.init)  # fine-tuning: start from another run's EMA weights
-        if initial["config"].get("architecture") != model.config:
-            raise MedinvertError("--init checkpoint has a different architecture", config.init)
-        model.load_state_dict(initial.get("ema_state", initial["state_dict"]))
+        model.load_state_dict(initial_state(initial, model, config.init))
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_step, elapsed = 0, 0.0
     if out.exists() and not resume:
@@ -286,7 +313,7 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
     remaining = config.steps - start_step
     per_step = config.batch_size * context.world_size
     dataset = SliceSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
-                           first_index=start_step * per_step)
+                           first_index=start_step * per_step, neighbours=int(model.config["neighbours"]))
     sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False,
                                  drop_last=True)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=0)
