@@ -120,24 +120,27 @@ def _versions() -> dict[str, str]:
 
 
 def _lipschitz(net: torch.nn.Module, prediction: str, schedule: Any, steps: int,
-               cond: torch.Tensor, shape: tuple[int, int], empirical: bool = True) -> dict[str, Any]:
+               cond: torch.Tensor, shape: tuple[int, int], empirical: bool = True,
+               sigmas: list[float] | None = None) -> dict[str, Any]:
     """Analytic bound and empirical estimate of the network's Lipschitz constant in x, and of eps's.
 
     ``empirical=False`` (``checks="none"``) skips the power iteration (the estimate is then None).
+    ``sigmas``: the sampling grid actually used (default ``schedule.sigmas(steps)``).
 
     For v-prediction ``eps = sqrt(1 - abar) x + sqrt(abar) v(x)``, so ``Lip(eps) <= 1 + Lip(v)``; for
     ``edm_adjoint`` see `_eps_offset`.
     """
     from medinvert.models.lipschitz import lipschitz_empirical, lipschitz_upper_bound
 
-    times = [float(schedule.t_of_sigma(float(s))) for s in schedule.sigmas(steps)[:-1]]
+    grid = [float(v) for v in (schedule.sigmas(steps) if sigmas is None else sigmas)]
+    times = [float(schedule.t_of_sigma(v)) for v in grid[:-1]]
     input_shape = (1, int(getattr(net, "in_channels", 2)), *shape)
     bound_all = lipschitz_upper_bound(net)
     bound_sampling = lipschitz_upper_bound(net, t=times, cond=cond)
     probe_shape = (1, input_shape[1], min(64, shape[0]), min(64, shape[1]))  # a 64x64 probe keeps it cheap
     estimate = (lipschitz_empirical(net, probe_shape, t=times[len(times) // 2], cond=cond, n_iter=8)
                 if empirical else None)
-    offset = _eps_offset(prediction, [float(s) for s in schedule.sigmas(steps)[:-1]])
+    offset = _eps_offset(prediction, grid[:-1])
     return {"network_bound_any_time": bound_all, "network_bound": bound_sampling, "network_empirical": estimate,
             "prediction": prediction, "bound": offset + bound_sampling, "empirical": estimate,
             "what": "Lipschitz constant in x (Euclidean norm, per slice) of the network output and of eps "
@@ -165,9 +168,10 @@ def _eps_offset(prediction: str, sigmas: list[float]) -> float:
     return 0.0
 
 
-def _bounds(lip: float, schedule: Any, steps: int) -> dict[str, Any]:
-    """Step condition and Grönwall bound in DDIM-ODE coordinates (docs/lipschitz.md)."""
-    sigmas = [float(s) for s in schedule.sigmas(steps)]
+def _bounds(lip: float, schedule: Any, steps: int, grid: list[float] | None = None) -> dict[str, Any]:
+    """Step condition and Grönwall bound in DDIM-ODE coordinates (docs/lipschitz.md) on the sampling
+    grid ``grid`` (default ``schedule.sigmas(steps)``)."""
+    sigmas = [float(s) for s in (schedule.sigmas(steps) if grid is None else grid)]
     # Lip of xbar -> eps is Lip_x / sqrt(1 + sigma^2) since x = xbar / sqrt(1 + sigma^2)
     step_products = [abs(sigmas[i] - sigmas[i + 1]) * lip / math.sqrt(1 + sigmas[i] ** 2)
                      for i in range(len(sigmas) - 1)]
@@ -266,9 +270,9 @@ def reconstruct_volume(
     }
     cond = observation.descriptor.to(torch.float32)
     lipschitz = _lipschitz(resolved.net, resolved.prediction, resolved.schedule, steps, cond,
-                           tuple(observation.shape[:2]), empirical=checks != "none")
+                           tuple(observation.shape[:2]), empirical=checks != "none", sigmas=run.sigmas)
     report["lipschitz"] = lipschitz
-    report["bounds"] = _bounds(lipschitz["bound"], resolved.schedule, steps)
+    report["bounds"] = _bounds(lipschitz["bound"], resolved.schedule, steps, run.sigmas)
 
     check = _check_slices(run.evaluated_slices, batch_size, checks) if checks != "none" else []
     reproducibility: dict[str, Any] = {"output_sha256": _sha256(volume), "check_slices": check}
