@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medinvert.engine import default_model_name, run_reconstruction, start_noise  # noqa: F401
+from medinvert.engine import default_model_name, noise_std, run_reconstruction, start_noise  # noqa: F401
 from medinvert.errors import MedinvertError
 from medinvert.operators import Observation
 
@@ -264,7 +264,10 @@ def reconstruct_volume(
         "settings": {"method": method, "steps": steps, "guidance": guidance, "batch_size": batch_size,
                      "seed": seed, "start": start, "start_seed": base_seed, "model": resolved.reference.get("name"),
                      "model_sha256": resolved.reference.get("sha256"), "schedule": resolved.schedule.config,
-                     "device": device, "versions": _versions(), "intensity_scale": run.scale},
+                     "device": device, "versions": _versions(), "intensity_scale": run.scale,
+                     "sigma_start": run.sigmas[0] if run.sigmas else None,
+                     "start_note": ("noisy image taken as the trajectory point at its own noise level"
+                                    if observation.kind == "noise" and noise_std(observation) > 0 else start)},
         "data_consistency": {"relative_residual": _relative_residual(observation, volume),
                              "what": "||A x - y|| / ||y|| over the measured samples"},
     }

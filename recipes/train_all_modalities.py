@@ -9,11 +9,17 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
 2. the base continued on 96x96 crops (more context for the global aliasing of k-space masks), as a
    data-parallel run over ``--nproc`` processes (``torchrun --nproc_per_node=N -m medinvert train``,
    gloo on CPU; per-process batch 8);
-3. a short fine-tune of the base for each modality;
-4. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
+3. ``--context-steps`` more at the dimensionality of the shipped models (``--dim``): for ``2.5d`` the 2D
+   base is widened (`medinvert.train.loop.initial_state`: the neighbours' input columns start at
+   zero, so the 2.5D network starts as the 2D one) and learns to use the neighbouring slices'
+   adjoints; for ``2d`` the same steps simply continue the base (the control of the comparison in
+   docs/models.md);
+4. a short fine-tune of that model for each modality;
+5. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
-        [--long-steps 10000] [--nproc 2] [--finetune-steps 300] [--install]  # --install copies into the package
+        [--long-steps 10000] [--context-steps 1500] [--dim 2.5d] [--nproc 2] [--finetune-steps 300]
+        [--install]  # --install copies into the package
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ def run(args: list[str]) -> None:
         sys.exit(code)
 
 
+def run_parallel(args: list[str], nproc: int) -> None:
+    """``medinvert ARGS`` data-parallel under torchrun over ``nproc`` processes (in-process when 1)."""
+    if nproc <= 1:
+        run(args)
+        return
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "medinvert", *args]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="sample_data")
@@ -46,6 +62,8 @@ def main() -> None:
     parser.add_argument("--base-steps", type=int, default=1500)
     parser.add_argument("--long-steps", type=int, default=10000)
     parser.add_argument("--nproc", type=int, default=2, help="processes of the long stage (torchrun; 1 = in-process)")
+    parser.add_argument("--context-steps", type=int, default=1500)
+    parser.add_argument("--dim", default="2.5d", choices=["2d", "2.5d"], help="dimensionality of the shipped models")
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
@@ -57,22 +75,22 @@ def main() -> None:
              "--out", str(base), *COMMON])
     long = work / "base_long.pt"
     if not long.exists():
-        stage = ["train", args.data, "--modality", "all", "--steps", str(args.long_steps), "--lr", "4e-4",
-                 "--warmup", "50", "--init", str(base), "--out", str(long), *COMMON, "--crop", "96", "--batch-size", "8"]
-        if args.nproc > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m",
-                       "medinvert", *stage]
-            print(" ".join(command), flush=True)
-            subprocess.run(command, check=True)
-        else:
-            run(stage)
+        run_parallel(["train", args.data, "--modality", "all", "--steps", str(args.long_steps), "--lr", "4e-4",
+                      "--warmup", "50", "--init", str(base), "--out", str(long), *COMMON, "--crop", "96",
+                      "--batch-size", "8"], args.nproc)
+    shape = ["--dim", args.dim] + (["--neighbours", "2"] if args.dim == "2.5d" else [])
+    context = work / f"base_{args.dim}.pt"
+    if not context.exists():
+        run_parallel(["train", args.data, "--modality", "all", "--steps", str(args.context_steps), "--lr", "2e-4",
+                      "--warmup", "50", "--seed", "5", "--init", str(long), "--out", str(context), *shape, *COMMON,
+                      "--crop", "96", "--batch-size", "8"], args.nproc)
     for modality in MODALITIES:
-        tuned = work / f"{modality}.pt"
+        tuned = work / f"{modality}_{args.dim}.pt"
         if not tuned.exists():
-            run(["train", args.data, "--modality", modality, "--init", str(long), "--steps", str(args.finetune_steps),
+            run(["train", args.data, "--modality", modality, "--init", str(context), "--steps", str(args.finetune_steps),
                  "--lr", "1e-4", "--warmup", "20", "--seed", str(1 + MODALITIES.index(modality)),
-                 "--out", str(tuned), *COMMON, "--crop", "96"])
-        exported = export_for_inference(tuned, work / f"{modality}_export.pt")
+                 "--out", str(tuned), *shape, *COMMON, "--crop", "96"])
+        exported = export_for_inference(tuned, work / f"{modality}_{args.dim}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
         if args.install:
             WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -89,8 +89,11 @@ def sample_corruption(rng: np.random.Generator) -> tuple[str, dict[str, Any]]:
         pattern = str(rng.choice(["random", "random", "equispaced", "variable-density"]))
         return "kspace", {"acceleration": acceleration, "center_fraction": round(center_fraction, 4),
                           "pattern": pattern}
-    if u < 0.75:
-        return "mask", {"mask_type": str(rng.choice(["box", "blobs"]))}
+    if u < 0.75:  # holes from small to lesion-sized (a 60-px lesion in a 96-px crop)
+        if rng.random() < 0.5:
+            return "mask", {"mask_type": "box", "size_fraction": round(float(rng.uniform(0.1, 0.6)), 3)}
+        return "mask", {"mask_type": "blobs", "n_blobs": int(rng.integers(1, 7)),
+                        "radius_fraction": [0.05, round(float(rng.uniform(0.1, 0.35)), 3)]}
     if u < 0.9:
         return "noise", {"sigma": float(rng.uniform(0.01, 0.1)),
                          "noise_model": str(rng.choice(["gaussian", "rician"]))}
