@@ -51,13 +51,13 @@ import torch
 from medinvert.denoiser import Denoiser
 from medinvert.errors import MedinvertError, NumericalError
 from medinvert.intensity import robust_scale
+from medinvert.models.slab import slab_stack
 from medinvert.operators import Observation
 from medinvert.operators.base import LinearOperator
 from medinvert.operators.blur import BlurOperator
 from medinvert.operators.identity import IdentityOperator
 from medinvert.operators.inpaint import InpaintOperator
 from medinvert.operators.kspace import KspaceOperator
-from medinvert.models.slab import slab_stack
 from medinvert.operators.layout import slices_to_volume, volume_to_slices
 from medinvert.schedule import Schedule, make_schedule
 from medinvert.solvers import get_solver

@@ -42,7 +42,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -446,7 +446,12 @@ def _condition(condition: Any, shape: tuple[int, int, int], net: ResolvedNetwork
 
 
 def _denoiser(net: ResolvedNetwork, dtype: torch.dtype, batch_size: int, guidance: float,
-              descriptor: np.ndarray | None, image: np.ndarray | None, shape: tuple[int, int, int], scale: float) -> Any:
+              descriptor: np.ndarray | None, image: np.ndarray | None, shape: tuple[int, int, int], scale: float,
+              image_slices: Sequence[int] | None = None) -> Any:
+    """The `Denoiser` of a slice batch: conditioning ``image`` ``(X, Y, Z)`` (or None) divided by
+    ``scale``, stacked per slice as the network expects (2.5D: with its neighbours, `medinvert.models.slab`).
+    ``image_slices``: the slices of ``image`` the batch holds, in order (default all of them) -- a batch
+    of some slices of a volume still takes its neighbours from the whole ``image``."""
     from medinvert.denoiser import Denoiser
 
     x, y, _ = shape
@@ -456,7 +461,8 @@ def _denoiser(net: ResolvedNetwork, dtype: torch.dtype, batch_size: int, guidanc
             extra = torch.zeros(net.n_cond_channels + 2 * net.neighbours, x, y, dtype=torch.float32)
         else:
             slices = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1) / scale  # (Z, X, Y)
-            extra = slab_stack(slices, range(slices.shape[0]), net.neighbours).contiguous()
+            wanted = range(slices.shape[0]) if image_slices is None else image_slices
+            extra = slab_stack(slices, wanted, net.neighbours).contiguous()
     cond = None if descriptor is None else torch.from_numpy(np.ascontiguousarray(descriptor))
     return Denoiser(_in_dtype(net.net, dtype), net.schedule, prediction=net.prediction, cond=cond, guidance=guidance,
                     extra=extra, batch_size=batch_size, dtype=dtype)

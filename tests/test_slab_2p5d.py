@@ -150,3 +150,15 @@ def test_neighbours_without_2p5d_is_refused(tmp_path: Path):
                "--steps", "2", "--out", str(tmp_path / "x.pt")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--neighbours" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_batch_of_some_slices_takes_its_neighbours_from_the_whole_volume(tmp_path: Path):
+    from medinvert.inversion import _denoiser, resolve_network
+
+    path = save_checkpoint(tmp_path / "wide.pt", _net(4, dim="2.5d", neighbours=1),
+                           {"schedule": {"kind": "linear"}, "prediction": "edm_adjoint", "modality": "t1"})
+    resolved = resolve_network(str(path))
+    image = np.random.default_rng(0).random((6, 5, 7)).astype(np.float32)
+    denoiser = _denoiser(resolved, torch.float32, 4, 1.0, None, image, (6, 5, 2), 2.0, image_slices=[3, 6])
+    expected = torch.from_numpy(image[:, :, [3, 2, 4, 6, 5, 6]] / 2.0).permute(2, 0, 1).reshape(2, 3, 6, 5)
+    assert torch.equal(denoiser.extra, expected)

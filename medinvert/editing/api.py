@@ -170,10 +170,10 @@ def edit(
     sub = sigmas[level:]
     descriptor, image = None, None
     if op.kind == "inpaint":
-        descriptor, image = _inpaint_condition(region.mask[:, :, slices], base[:, :, slices], net.n_cond_channels)
+        descriptor, image = _inpaint_condition(region.mask[:, :, slices], base, net.n_cond_channels)
     change = _latent_change(op, x0, data, other, slices, scale, seed)
     denoiser = _denoiser(net, torch.float32, batch_size, 1.0, descriptor, image, (shape[0], shape[1], len(slices)),
-                         scale)
+                         scale, image_slices=slices)
     with deterministic(threads):
         start = time.perf_counter()
         if method == "exact":
@@ -200,9 +200,10 @@ def edit(
 
 # ---------------------------------------------------------------------- pieces of `edit`
 def _inpaint_condition(mask: torch.Tensor, voided: torch.Tensor, n_cond_channels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Condition of healthy-tissue inpainting for slices ``(X, Y, B)``: one inpainting descriptor per
-    slice ``(B, K)`` (its missing fraction, as in training on single slices) and, for networks with a
-    conditioning channel, the adjoint image ``A^H y = M x`` (the slices with the region zeroed)."""
+    """Condition of healthy-tissue inpainting for the edited slices' ``mask`` ``(X, Y, B)``: one
+    inpainting descriptor per slice ``(B, K)`` (its missing fraction, as in training on single slices)
+    and, for networks with a conditioning channel, the adjoint image ``A^H y = M x`` -- the whole
+    ``voided`` volume ``(X, Y, Z)`` (region zeroed), so that 2.5D networks see the true neighbours."""
     from medinvert.operators import make_descriptor
 
     kept = 1.0 - mask.to(torch.float64).mean(dim=(0, 1))
