@@ -143,11 +143,26 @@ def test_ddim_baseline_leaks_outside_the_mask():
 def test_edit_is_deterministic():
     volume = make_volume((16, 16, 3))
     mask = random_mask(volume.shape, 3)
-    a = edit(volume, mask, "inpaint", MODEL, steps=4, seed=5).volume
-    b = edit(volume, mask, "inpaint", MODEL, steps=4, seed=5).volume
-    c = edit(volume, mask, "inpaint", MODEL, steps=4, seed=6).volume
+    a = edit(volume, mask, "inpaint", MODEL, steps=4, seed=5, start="noise").volume
+    b = edit(volume, mask, "inpaint", MODEL, steps=4, seed=5, start="noise").volume
+    c = edit(volume, mask, "inpaint", MODEL, steps=4, seed=6, start="noise").volume
     np.testing.assert_array_equal(bits(a), bits(b))
     assert (bits(a) != bits(c)).any()
+
+
+def test_guess_start_inpainting_ignores_the_seed_and_still_holds_the_outside():
+    volume = make_volume((16, 16, 3))
+    mask = random_mask(volume.shape, 4)
+    a = edit(volume, mask, "inpaint", MODEL, steps=4, seed=5)
+    b = edit(volume, mask, "inpaint", MODEL, steps=4, seed=6)
+    noisy = edit(volume, mask, "inpaint", MODEL, steps=4, seed=5, start="noise").volume
+    assert a.report["start"] == "guess"
+    np.testing.assert_array_equal(bits(a.volume), bits(b.volume))
+    assert (bits(a.volume) != bits(noisy)).any()
+    outside = ~mask.astype(bool)
+    np.testing.assert_array_equal(bits(np.asarray(a.volume))[outside], bits(volume)[outside])
+    with pytest.raises(MedinvertError, match="unknown start"):
+        edit(volume, mask, "inpaint", MODEL, steps=4, start="zeros")
 
 
 def test_untouched_slices_cost_nothing_and_stay_identical():

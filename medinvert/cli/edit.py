@@ -45,7 +45,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "1 for inpaint/transplant)")
     parser.add_argument("--feather", type=float, default=0.0, metavar="VOXELS",
                         help="blend band width in voxels (default 0); bit-identity then holds outside the band")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the inpainting noise (default 0)")
+    parser.add_argument("--start", default="guess", choices=("guess", "noise"),
+                        help="inpaint: restart the region from the voided image (guess, default) or from seeded noise")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inpainting noise with --start noise (default 0)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default MEDINVERT_THREADS or 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             raise MedinvertError("no such file or folder", path=path)
 
     result = edit(args.volume, args.mask, op, args.model, method=args.method, steps=args.steps, t_edit=args.t_edit,
-                  feather=args.feather, seed=args.seed, batch_size=args.batch_size, threads=args.threads,
+                  feather=args.feather, seed=args.seed, start=args.start, batch_size=args.batch_size, threads=args.threads,
                   require_modality_match=not args.allow_modality_mismatch)
     save_volume(result.volume, out, dtype=np.float32)
     info = {**result.report, "input": str(args.volume), "mask": str(args.mask), "output": str(out)}

@@ -5,7 +5,8 @@
 ====================  ===========================================================================
 ``shift:DELTA``       clean image ``+ DELTA``: the latent's signal part is shifted, its noise part kept
 ``scale:FACTOR``      clean image ``* FACTOR``: the latent's signal part is scaled
-``inpaint``           regenerate as healthy tissue: the region restarts from seeded noise and the
+``inpaint``           regenerate as healthy tissue: the region restarts (from the voided image, or
+                      seeded noise with ``start="noise"``) and the
                       network is conditioned on the inpainting corruption (mask descriptor + the
                       image with the region zeroed), as in training (`medinvert.operators.descriptor`)
 ``transplant:PATH``   the latent of another co-registered volume (same shape) replaces the region's
