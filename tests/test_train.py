@@ -108,3 +108,21 @@ def test_torchrun_two_processes_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
     assert config["training"]["completed_steps"] == 2
     record = json.loads(out.with_suffix(".log.jsonl").read_text().splitlines()[-1])
     assert len(record["replica_digests"]) == 2 and len(set(record["replica_digests"])) == 1
+
+
+def test_export_records_the_whole_training_lineage(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    from medinvert.cli.models import describe_models
+    from medinvert.train.export import export_for_inference
+
+    monkeypatch.chdir(tmp_path)  # runs record their --init paths as given (relative here)
+    train(_config(tiny_data, Path("base.pt"), 3), SINGLE, progress=False)
+    train(_config(tiny_data, Path("tuned.pt"), 2, init="base.pt"), SINGLE, progress=False)
+    (tmp_path / "weights").mkdir()
+    exported = export_for_inference("tuned.pt", "weights/t1.pt")
+    lineage = read_checkpoint(exported)["config"]["lineage"]
+    assert [run["checkpoint"] for run in lineage] == ["tuned.pt", "base.pt"]
+    assert [run["completed_steps"] for run in lineage] == [2, 3]
+    assert lineage[0]["init"] == "base.pt" and lineage[1]["init"] is None and lineage[0]["world_size"] == 1
+    monkeypatch.setattr("medinvert.models.registry.WEIGHTS_DIR", tmp_path / "weights")
+    rows = describe_models()
+    assert [(r["name"], r["training_steps"], r["training_steps_total"]) for r in rows] == [("t1", 2, 5)]

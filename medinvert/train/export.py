@@ -9,7 +9,10 @@ drops the optimizer state, and records in the config the model's Lipschitz numbe
     lipschitz.empirical  power-iteration estimate on a 64x64 probe (a lower bound of the true constant)
     lipschitz.parameters number of parameters
 
-so `medinvert models` can list them without recomputing.  The output is written atomically.
+so `medinvert models` can list them without recomputing, and the model's training ``lineage``: the
+run that produced ``src`` and, following each run's ``--init`` checkpoint while it is on disk, the runs
+before it (steps, data, crop, batch, seconds, final loss each), so the card states the total
+training, not only the last fine-tune.  The output is written atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from medinvert.models.checkpoint import load_checkpoint, save_checkpoint
 from medinvert.models.layers import freeze_spectral_norm, refresh_spectral_vectors
 from medinvert.models.lipschitz import lipschitz_empirical, lipschitz_upper_bound
 
-__all__ = ["export_for_inference", "lipschitz_summary"]
+__all__ = ["export_for_inference", "lipschitz_summary", "training_lineage"]
+
+#: what a lineage entry keeps of a run's ``training`` config
+LINEAGE_KEYS: tuple[str, ...] = ("modality", "dim", "crop", "batch_size", "lr", "seed", "prediction",
+                                 "completed_steps", "seconds", "final_loss", "world_size", "init")
 
 
 def lipschitz_summary(model: torch.nn.Module, *, probe: int = 64, seed: int = 0) -> dict[str, Any]:
@@ -39,6 +46,21 @@ def lipschitz_summary(model: torch.nn.Module, *, probe: int = 64, seed: int = 0)
     }
 
 
+def training_lineage(src: str | os.PathLike[str], max_depth: int = 16) -> list[dict[str, Any]]:
+    """The runs behind checkpoint ``src``, latest first: its own ``training`` record, then that of its
+    ``init`` checkpoint, and so on while the file exists (paths relative to the working directory, as
+    the runs recorded them).  A run resumed from its own output counts once."""
+    from medinvert.models.checkpoint import read_checkpoint
+
+    lineage: list[dict[str, Any]] = []
+    path: Path | None = Path(src)
+    while path is not None and path.is_file() and len(lineage) < max_depth:
+        training = read_checkpoint(path)["config"].get("training", {})
+        lineage.append({"checkpoint": path.name, **{k: training.get(k) for k in LINEAGE_KEYS}})
+        path = Path(training["init"]) if training.get("init") else None
+    return lineage
+
+
 def export_for_inference(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Write the EMA, spectral-norm-frozen, optimizer-free version of ``src`` to ``dst``."""
     model, config = load_checkpoint(src, use_ema=True)
@@ -47,4 +69,5 @@ def export_for_inference(src: str | os.PathLike[str], dst: str | os.PathLike[str
     config = {k: v for k, v in config.items() if k not in ("architecture", "format_version", "medinvert_version")}
     config["lipschitz"] = lipschitz_summary(model)
     config["exported_from"] = Path(src).name
+    config["lineage"] = training_lineage(src)
     return save_checkpoint(dst, model, config, step=int(config.get("step", 0)))

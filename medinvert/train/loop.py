@@ -260,7 +260,7 @@ def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: flo
 
 
 def _checkpoint_config(config: TrainConfig, case_ids: list[str], schedule_config: dict[str, Any],
-                       step: int, seconds: float, last_loss: float | None) -> dict[str, Any]:
+                       step: int, seconds: float, last_loss: float | None, world_size: int = 1) -> dict[str, Any]:
     return {
         "modality": config.modality,
         "prediction": config.prediction,
@@ -270,7 +270,8 @@ def _checkpoint_config(config: TrainConfig, case_ids: list[str], schedule_config
         "conditioning": {"descriptor_dim": DESCRIPTOR_LENGTH, "channels": ["adjoint_real"]},
         "data": {"root": str(config.data), "cases": case_ids, "crop": config.crop},
         "training": {**{k: v for k, v in asdict(config).items() if k not in ("architecture",)},
-                     "completed_steps": step, "seconds": round(seconds, 1), "final_loss": last_loss},
+                     "completed_steps": step, "seconds": round(seconds, 1), "final_loss": last_loss,
+                     "world_size": world_size},
     }
 
 
@@ -329,7 +330,8 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
     def write_checkpoint() -> None:
         if context.is_main:
             seconds = elapsed + time.perf_counter() - started
-            save_checkpoint(out, model, _checkpoint_config(config, case_ids, schedule.config, step, seconds, last_loss),
+            save_checkpoint(out, model, _checkpoint_config(config, case_ids, schedule.config, step, seconds, last_loss,
+                                                           context.world_size),
                             ema_state=ema, optimizer_state=optimizer.state_dict(), step=step)
 
     try:
