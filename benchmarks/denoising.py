@@ -40,6 +40,7 @@ from medinvert.engine import DataConsistentDenoiser, noise_std, run_reconstructi
 from medinvert.intensity import robust_scale  # noqa: E402
 from medinvert.inversion import ResolvedNetwork, resolve_network  # noqa: E402
 from medinvert.io import load_volume  # noqa: E402
+from medinvert.models.slab import slab_stack  # noqa: E402
 from medinvert.operators.identity import IdentityOperator  # noqa: E402
 from medinvert.operators import Observation  # noqa: E402
 from medinvert.solvers import get_solver  # noqa: E402
@@ -95,11 +96,18 @@ def tune(level: float, threads: int) -> tuple[float, float]:
     return best_tv, best_h
 
 
+def conditioning(resolved: ResolvedNetwork, observation: Observation, slices: Sequence[int]) -> torch.Tensor:
+    """The network's conditioning images of ``slices`` (the noisy image; a 2.5D model's neighbours too)."""
+    scale = robust_scale(observation.adjoint)
+    images = observation.adjoint.permute(2, 0, 1) / scale                # (Z, X, Y)
+    return slab_stack(images, list(slices), resolved.neighbours).to(torch.float32)
+
+
 def per_step_dc(resolved: ResolvedNetwork, observation: Observation, slices: Sequence[int], steps: int) -> torch.Tensor:
     """The previous scheme: start at sigma_max from the noisy image, noise-aware DC at every step."""
     noisy, scale, sigma_y = normalised_slices(observation, slices)
     denoiser = Denoiser(resolved.net, resolved.schedule, prediction=resolved.prediction,
-                        cond=observation.descriptor.float(), extra=noisy.float())
+                        cond=observation.descriptor.float(), extra=conditioning(resolved, observation, slices))
     sampler = DataConsistentDenoiser(denoiser, IdentityOperator(), noisy, sigma_y)
     out = get_solver("ddim").generate(sampler, noisy, resolved.schedule.sigmas(steps), **get_solver("ddim").options())
     return to_volume(out.to(torch.float64), scale)
@@ -109,7 +117,7 @@ def one_step(resolved: ResolvedNetwork, observation: Observation, slices: Sequen
     """``x0 = y - sigma_y eps(y, sigma_y)`` in normalised units (one network evaluation)."""
     noisy, scale, sigma_y = normalised_slices(observation, slices)
     denoiser = Denoiser(resolved.net, resolved.schedule, prediction=resolved.prediction,
-                        cond=observation.descriptor.float(), extra=noisy.float())
+                        cond=observation.descriptor.float(), extra=conditioning(resolved, observation, slices))
     return to_volume(noisy - sigma_y * denoiser(noisy, sigma_y).to(torch.float64), scale)
 
 

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cs_tv  # noqa: E402  (benchmark-local module)
 
 from medinvert.determinism import deterministic  # noqa: E402
-from medinvert.engine import run_reconstruction, slice_problem  # noqa: E402
+from medinvert.engine import run_reconstruction, sampling_grid, slice_problem  # noqa: E402
 from medinvert.errors import MedinvertError  # noqa: E402
 from medinvert.intensity import robust_scale  # noqa: E402
 from medinvert.inversion import ResolvedNetwork, resolve_network  # noqa: E402
@@ -254,10 +254,11 @@ def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: in
         params = dict(spec)
         kind = params.pop("kind")
         observation = corrupt(volume, kind, seed=SEED, **params)
+        grid = [float(v) for v in sampling_grid(observation, resolved.schedule, steps)]  # what the engine runs
         with deterministic(threads):
             lipschitz = _lipschitz(resolved.net, resolved.prediction, resolved.schedule, steps,
-                                   observation.descriptor.to(torch.float32), tuple(observation.shape[:2]))
-        bound = _bounds(lipschitz["bound"], resolved.schedule, steps)
+                                   observation.descriptor.to(torch.float32), tuple(observation.shape[:2]), sigmas=grid)
+        bound = _bounds(lipschitz["bound"], resolved.schedule, steps, grid)
         recon, sec, _ = run_ours(observation, resolved, "exact", steps, slices, threads, batch_size)
         sensitivity = measured_sensitivity(observation, resolved, "exact", steps, slices, recon, threads, batch_size)
         corrupted = observation.image()[:, :, slices]  # zero-filled magnitude / noisy image

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medinvert.engine import default_model_name, noise_std, run_reconstruction, start_noise  # noqa: F401
+from medinvert.engine import default_model_name, is_denoising, run_reconstruction, start_noise  # noqa: F401
 from medinvert.errors import MedinvertError
 from medinvert.operators import Observation
 
@@ -181,8 +181,9 @@ def _bounds(lip: float, schedule: Any, steps: int, grid: list[float] | None = No
         "step_condition_holds": max(step_products) < 1.0,
         "gronwall_log10_bound": exponent / math.log(10),
         "gronwall_bound": math.exp(exponent) if exponent < 700 else float("inf"),
-        "what": "h*L = max_i |sigma_i - sigma_{i+1}| L / sqrt(1 + sigma_i^2) (each residual step injective "
-                "when < 1); Grönwall: ||Phi(z) - Phi(z')|| <= exp(L asinh(sigma_max)) ||z - z'||",
+        "what": "h*L = max_i |sigma_i - sigma_{i+1}| L / sqrt(1 + sigma_i^2) on the grid used (each residual "
+                "step injective when < 1); Grönwall: ||Phi(z) - Phi(z')|| <= exp(L asinh(sigma_0)) ||z - z'||, "
+                "sigma_0 the top of that grid",
     }
 
 
@@ -266,16 +267,16 @@ def reconstruct_volume(
                      "model_sha256": resolved.reference.get("sha256"), "schedule": resolved.schedule.config,
                      "device": device, "versions": _versions(), "intensity_scale": run.scale,
                      "sigma_start": run.sigmas[0] if run.sigmas else None,
-                     "start_note": ("noisy image taken as the trajectory point at its own noise level"
-                                    if observation.kind == "noise" and noise_std(observation) > 0 else start)},
+                     "start_used": ("the noisy image, at its own noise level (start and spacing do not apply)"
+                                    if is_denoising(observation) else start)},
         "data_consistency": {"relative_residual": _relative_residual(observation, volume),
                              "what": "||A x - y|| / ||y|| over the measured samples"},
     }
     cond = observation.descriptor.to(torch.float32)
     lipschitz = _lipschitz(resolved.net, resolved.prediction, resolved.schedule, steps, cond,
-                           tuple(observation.shape[:2]), empirical=checks != "none", sigmas=run.sigmas)
+                           tuple(observation.shape[:2]), empirical=checks != "none", sigmas=run.sigmas or None)
     report["lipschitz"] = lipschitz
-    report["bounds"] = _bounds(lipschitz["bound"], resolved.schedule, steps, run.sigmas)
+    report["bounds"] = _bounds(lipschitz["bound"], resolved.schedule, steps, run.sigmas or None)
 
     check = _check_slices(run.evaluated_slices, batch_size, checks) if checks != "none" else []
     reproducibility: dict[str, Any] = {"output_sha256": _sha256(volume), "check_slices": check}

@@ -18,7 +18,7 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
 5. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
-        [--long-steps 10000] [--context-steps 1500] [--dim 2.5d] [--nproc 2] [--finetune-steps 300]
+        [--long-steps 10000] [--context-steps 1500] [--dim 2d] [--nproc 2] [--finetune-steps 300]
         [--install]  # --install copies into the package
 """
 
@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--long-steps", type=int, default=10000)
     parser.add_argument("--nproc", type=int, default=2, help="processes of the long stage (torchrun; 1 = in-process)")
     parser.add_argument("--context-steps", type=int, default=1500)
-    parser.add_argument("--dim", default="2.5d", choices=["2d", "2.5d"], help="dimensionality of the shipped models")
+    parser.add_argument("--dim", default="2d", choices=["2d", "2.5d"],
+                        help="dimensionality of the models (2d shipped: 2.5d brought nothing, docs/models.md)")
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()

@@ -162,3 +162,29 @@ def test_a_batch_of_some_slices_takes_its_neighbours_from_the_whole_volume(tmp_p
     denoiser = _denoiser(resolved, torch.float32, 4, 1.0, None, image, (6, 5, 2), 2.0, image_slices=[3, 6])
     expected = torch.from_numpy(image[:, :, [3, 2, 4, 6, 5, 6]] / 2.0).permute(2, 0, 1).reshape(2, 3, 6, 5)
     assert torch.equal(denoiser.extra, expected)
+
+
+def test_training_slabs_are_corrupted_in_spatial_order_then_stacked_centre_first(monkeypatch):
+    import medinvert.transforms as transforms
+
+    corrupt_for_real, seen = transforms.corrupt, []
+
+    def spy(volume, kind, **kwargs):  # the real corruption; only remember what it was given and gave
+        observation = corrupt_for_real(volume, kind, **kwargs)
+        seen.append((volume.clone(), torch.as_tensor(observation.adjoint).clone()))
+        return observation
+
+    monkeypatch.setattr(transforms, "corrupt", spy)
+    volume = torch.zeros(40, 36, 9)
+    for z in range(9):
+        volume[8:32, 8:28, z] = 1.0 + 0.5 * z  # brighter with z: the order survives the augmentation
+    samples = SliceSamples([volume], 12, seed=1, crop=32, neighbours=2)
+    for i in range(12):
+        seen.clear()
+        sample = samples[i]
+        given, adjoint = seen[0]
+        means = [float(given[:, :, j][given[:, :, j] > 0].mean()) for j in range(5)]
+        assert means == sorted(means)  # a small volume in z order (a box mask spans true neighbours)
+        ratio = float(adjoint[:, :, 2].abs().sum() / sample["adjoint"][0].abs().sum())
+        for channel, position in enumerate([2, 0, 1, 3, 4]):  # centre first, then z-2, z-1, z+1, z+2
+            torch.testing.assert_close(sample["adjoint"][channel] * ratio, adjoint[:, :, position])

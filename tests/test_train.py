@@ -126,3 +126,18 @@ def test_export_records_the_whole_training_lineage(tiny_data: Path, tmp_path: Pa
     monkeypatch.setattr("medinvert.models.registry.WEIGHTS_DIR", tmp_path / "weights")
     rows = describe_models()
     assert [(r["name"], r["training_steps"], r["training_steps_total"]) for r in rows] == [("t1", 2, 5)]
+
+
+def test_lineage_stops_at_a_loop_and_at_an_unreadable_init(tmp_path: Path, monkeypatch) -> None:
+    from medinvert.models import LipschitzUNet
+    from medinvert.models.checkpoint import save_checkpoint
+    from medinvert.train.export import training_lineage
+
+    monkeypatch.chdir(tmp_path)
+    net = LipschitzUNet(**SMALL)
+    save_checkpoint("a.pt", net, {"training": {"completed_steps": 3, "init": "b.pt"}})
+    save_checkpoint("b.pt", net, {"training": {"completed_steps": 2, "init": "a.pt"}})  # a <-> b
+    assert [run["checkpoint"] for run in training_lineage("a.pt")] == ["a.pt", "b.pt"]
+    Path("broken.pt").write_bytes(b"not a checkpoint")
+    save_checkpoint("c.pt", net, {"training": {"completed_steps": 1, "init": "broken.pt"}})
+    assert [run["checkpoint"] for run in training_lineage("c.pt")] == ["c.pt"]

@@ -23,15 +23,25 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["slab_indices", "slab_stack"]
+__all__ = ["slab_indices", "slab_stack", "spatial_slab", "centre_first"]
+
+
+def spatial_slab(z: int, k: int, depth: int) -> list[int]:
+    """Slice indices ``[z-k, ..., z+k]`` in spatial order, clamped to ``[0, depth - 1]``."""
+    if depth < 1 or not 0 <= z < depth:
+        raise ValueError(f"slice {z} outside a volume of depth {depth}")
+    return [min(max(z + d, 0), depth - 1) for d in range(-k, k + 1)]
+
+
+def centre_first(k: int) -> list[int]:
+    """Positions in a spatial slab of ``2k + 1`` slices, in stack order: ``[k, 0 .. k-1, k+1 .. 2k]``."""
+    return [k, *range(k), *range(k + 1, 2 * k + 1)]
 
 
 def slab_indices(z: int, k: int, depth: int) -> list[int]:
     """Slice indices ``[z, z-k .. z-1, z+1 .. z+k]`` clamped to ``[0, depth - 1]`` (``2k + 1`` entries)."""
-    if depth < 1 or not 0 <= z < depth:
-        raise ValueError(f"slice {z} outside a volume of depth {depth}")
-    offsets = [0, *range(-k, 0), *range(1, k + 1)]
-    return [min(max(z + d, 0), depth - 1) for d in offsets]
+    spatial = spatial_slab(z, k, depth)
+    return [spatial[i] for i in centre_first(k)]
 
 
 def slab_stack(images: torch.Tensor, slices: Sequence[int], k: int) -> torch.Tensor:

@@ -36,7 +36,7 @@ from monai.data import CacheDataset, Dataset, get_track_meta, set_track_meta
 from medinvert.errors import MedinvertError
 from medinvert.intensity import robust_scale
 from medinvert.io import find_cases, load_volume
-from medinvert.models.slab import slab_indices
+from medinvert.models.slab import centre_first, spatial_slab
 
 __all__ = ["TRAINABLE_MODALITIES", "load_training_volumes", "SliceSamples", "sample_corruption"]
 
@@ -167,14 +167,18 @@ class SliceSamples(Dataset):
         v = int(rng.integers(len(self.volumes)))
         z = int(rng.choice(self.brain_slices[v]))
         volume = self.volumes[v]
-        slab = slab_indices(z, self.neighbours, volume.shape[2])
+        slab = spatial_slab(z, self.neighbours, volume.shape[2])              # z-k .. z+k, spatial order
         image = volume[:, :, slab].permute(2, 0, 1).float()                   # (S, X, Y), S = 2k + 1
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
         with _plain_tensors():  # spatial transforms move all S slices together
             clean = torch.as_tensor(self.augment(image)).float().clamp_min(0.0)  # (S, crop, crop)
         kind, params = sample_corruption(rng)
+        # corrupted as the small volume it is (a box or blob mask spans neighbouring slices), then
+        # reordered centre first, as the network takes it (`medinvert.models.slab`)
         observation = corrupt(clean.permute(1, 2, 0), kind, seed=int(rng.integers(2**31)), **params)
-        adjoint = torch.as_tensor(observation.adjoint).float().permute(2, 0, 1)  # (S, crop, crop)
+        order = centre_first(self.neighbours)
+        clean = clean[order]
+        adjoint = torch.as_tensor(observation.adjoint).float().permute(2, 0, 1)[order]  # (S, crop, crop)
         scale = robust_scale(adjoint[0]) * float(rng.uniform(0.8, 1.25))
         return {
             "x0": clean[:1] / scale,

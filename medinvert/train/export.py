@@ -48,14 +48,21 @@ def lipschitz_summary(model: torch.nn.Module, *, probe: int = 64, seed: int = 0)
 
 def training_lineage(src: str | os.PathLike[str], max_depth: int = 16) -> list[dict[str, Any]]:
     """The runs behind checkpoint ``src``, latest first: its own ``training`` record, then that of its
-    ``init`` checkpoint, and so on while the file exists (paths relative to the working directory, as
-    the runs recorded them).  A run resumed from its own output counts once."""
+    ``init`` checkpoint, and so on while the file exists and reads as a checkpoint (paths relative to
+    the working directory, as the runs recorded them).  A run resumed from its own output counts once;
+    a chain that loops back stops there."""
+    from medinvert.errors import MedinvertError
     from medinvert.models.checkpoint import read_checkpoint
 
     lineage: list[dict[str, Any]] = []
+    seen: set[Path] = set()
     path: Path | None = Path(src)
-    while path is not None and path.is_file() and len(lineage) < max_depth:
-        training = read_checkpoint(path)["config"].get("training", {})
+    while path is not None and path.is_file() and path.resolve() not in seen and len(lineage) < max_depth:
+        seen.add(path.resolve())
+        try:
+            training = read_checkpoint(path)["config"].get("training", {})
+        except MedinvertError:  # an init that is gone bad: the lineage ends here
+            break
         lineage.append({"checkpoint": path.name, **{k: training.get(k) for k in LINEAGE_KEYS}})
         path = Path(training["init"]) if training.get("init") else None
     return lineage
