@@ -59,12 +59,20 @@ class ReconstructionResult:
     observation: Observation
 
 
-def load_observation_input(source: Any, corruption: str | None, seed: int) -> tuple[Observation, Any]:
+def load_observation_input(source: Any, corruption: str | None, seed: int,
+                           measured: str | None = None) -> tuple[Observation, Any]:
     """``(observation, clean volume or None)`` from an Observation, an observation file / `corrupt`
-    output folder, or a clean volume (path / MetaTensor) plus a corruption spec."""
+    output folder, a clean volume (path / MetaTensor) plus a corruption spec, or a noisy volume that is
+    itself the measurement plus a ``measured`` spec (`medinvert.transforms.measured`; no clean volume)."""
     from medinvert.io import load_volume
-    from medinvert.transforms import corrupt, parse_corruption_spec
+    from medinvert.transforms import corrupt, measured_noise, parse_corruption_spec, parse_measured_spec
 
+    if measured is not None:
+        if corruption is not None or isinstance(source, Observation):
+            raise MedinvertError("a measured volume takes neither a corruption spec nor an observation")
+        spec = parse_measured_spec(measured)
+        volume = load_volume(source) if isinstance(source, (str, Path)) else source
+        return measured_noise(volume, spec["sigma"], spec["noise_model"]), None
     if isinstance(source, Observation):
         if corruption is not None:
             raise MedinvertError("give either an observation or a corruption spec, not both")
@@ -192,6 +200,7 @@ def reconstruct_volume(
     model: Any = None,
     *,
     corruption: str | None = None,
+    measured: str | None = None,
     method: str = "exact",
     steps: int = 20,
     guidance: float = 1.0,
@@ -214,6 +223,8 @@ def reconstruct_volume(
             volume's modality, ``t1`` when unknown).
         corruption: spec such as ``"kspace:4"``, ``"kspace:8:0.04"``, ``"mask:box"``, ``"noise:0.05"``,
             ``"blur:gaussian:2"`` (`medinvert.transforms.parse_corruption_spec`), to simulate.
+        measured: ``"noise[:auto|SIGMA][:MODEL]"``: the volume itself is noisy data to denoise
+            (`medinvert.transforms.measured`; sigma estimated when not given); no reference implied.
         method: a solver of `medinvert.solvers.SOLVERS` (default ``exact``).
         steps, guidance, batch_size: sampling grid size, CFG weight, slices per network call.
         device: ``"cpu"`` or ``"cuda"``.
@@ -238,7 +249,7 @@ def reconstruct_volume(
         raise MedinvertError(f"checks must be one of {', '.join(CHECK_MODES)}, got {checks!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedinvertError("device 'cuda' requested but no CUDA device is available")
-    observation, clean = load_observation_input(observation_or_volume, corruption, seed)
+    observation, clean = load_observation_input(observation_or_volume, corruption, seed, measured)
     source = observation.source or "volume"
     modality = guess_modality(source) if observation.source else None
     resolved = resolve_network(model if model is not None else default_model_name(modality))

@@ -7,7 +7,10 @@ INPUT is one of
 * with ``--corruption kspace:ACC[:CF] | mask:... | noise:SIGMA | blur:...`` (grammar:
   `medinvert.transforms.parse_corruption_spec`): a clean NIfTI file, DICOM series folder, BraTS case
   folder or folder of cases (`medinvert.io.find_cases`; segmentations are skipped) -- the corruption
-  is simulated (seeded by ``--seed`` and the volume's name) and the clean volume is the reference.
+  is simulated (seeded by ``--seed`` and the volume's name) and the clean volume is the reference;
+* with ``--measured noise[:auto|SIGMA][:MODEL]`` (`medinvert.transforms.measured`): the same kinds of
+  volume, each taken as noisy measured data and denoised (sigma estimated unless given); there is no
+  reference unless ``--reference`` names one.
 
 For every volume DIR receives ``<stem>_recon.nii.gz`` (float32, the input's affine),
 ``<stem>_report.json``, ``<stem>_report.html`` and with ``--save-latent`` ``<stem>_latent.npz``
@@ -86,6 +89,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--corruption", default=None, metavar="SPEC",
                         help="simulate a corruption of clean volumes: kspace:ACC[:CF], mask:TYPE..., noise:SIGMA, "
                              "blur:gaussian:SIGMA or blur:motion:LENGTH:ANGLE")
+    parser.add_argument("--measured", default=None, metavar="SPEC",
+                        help="the input volumes are noisy measurements to denoise: noise[:auto|SIGMA][:gaussian|rician] "
+                             "(sigma estimated by default)")
     parser.add_argument("--reference", default=None, metavar="REF",
                         help="clean reference volume for the metrics (single input only; when simulating, the "
                              "clean input is the reference)")
@@ -152,6 +158,9 @@ def plan_jobs(input_path: str | Path, corruption: str | None, out: Path,
               modalities: tuple[str, ...] | None = None) -> list[Job]:
     """The volumes of INPUT in a stable order (see the module docstring); raises `MedinvertError`.
 
+    ``corruption``: the ``--corruption`` or ``--measured`` spec (INPUT then holds volumes), None when
+    INPUT holds observations written by `medinvert corrupt`.
+
     ``modalities`` keeps only the volumes of those canonical modalities (clean inputs only)."""
     from medinvert.errors import MedinvertError
 
@@ -168,7 +177,8 @@ def plan_jobs(input_path: str | Path, corruption: str | None, out: Path,
             raise MedinvertError("--modalities selects clean volumes to corrupt; it needs --corruption")
         if not observations:
             raise MedinvertError("no *_observation.json written by `medinvert corrupt` here; pass --corruption SPEC "
-                                 "to simulate a corruption of clean volumes", path=root)
+                                 "to simulate a corruption of clean volumes (or --measured noise to denoise them)",
+                                 path=root)
         jobs = []
         for index, path in enumerate(observations):
             stem = str(_observation_stem(path))
@@ -220,10 +230,16 @@ def _validate_options(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise MedinvertError("--device cuda requested but no CUDA device is available")
+    if args.corruption is not None and args.measured is not None:
+        raise MedinvertError("give --corruption (simulate) or --measured (the input is the measurement), not both")
     if args.corruption is not None:
         from medinvert.transforms import parse_corruption_spec
 
         parse_corruption_spec(args.corruption)
+    if args.measured is not None:
+        from medinvert.transforms import parse_measured_spec
+
+        parse_measured_spec(args.measured)
 
 
 def _modalities(text: str | None) -> tuple[str, ...] | None:
@@ -343,12 +359,13 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     if job.kind == "volume":
         source_volume = load_volume(job.source, series_uid=job.series_uid)
         source: Any = source_volume
-        if reference is None:
+        if reference is None and args.measured is None:  # simulated: the clean input is the reference
             reference = source_volume
     else:
         source = job.source
     result = reconstruct_volume(
         source, models[model_name_for(job, args.model)], corruption=args.corruption if job.kind == "volume" else None,
+        measured=args.measured if job.kind == "volume" else None,
         method=args.method, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, device=device,
         reference=reference, seed=args.seed, start=args.start, checks=args.checks, return_latent=args.save_latent, progress=progress,
         threads=args.threads)
@@ -395,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
 
     _validate_options(args)
     out = Path(args.out)
-    jobs = plan_jobs(args.input, args.corruption, out, _modalities(args.modalities))
+    jobs = plan_jobs(args.input, args.corruption or args.measured, out, _modalities(args.modalities))
     if args.reference is not None and len(jobs) != 1:
         raise MedinvertError(f"--reference applies to a single input, but INPUT holds {len(jobs)} volumes")
     _validate_outputs(jobs, out, args)

@@ -20,6 +20,7 @@ from medinvert.transforms.blur import RandBlur, RandBlurd, blur_kernel
 from medinvert.transforms.corrupt import apply_transform, corrupt, make_transform
 from medinvert.transforms.inpaint import RandInpaintMask, RandInpaintMaskd
 from medinvert.transforms.kspace import RandKspaceUndersample, RandKspaceUndersampled, kspace_mask
+from medinvert.transforms.measured import estimate_noise_sigma, measured_noise, parse_measured_spec
 from medinvert.transforms.masks import (
     blob_mask,
     box_mask,
@@ -61,11 +62,14 @@ __all__ = [
     "center_columns",
     "corrupt",
     "equispaced_line_mask",
+    "estimate_noise_sigma",
     "foreground_mean",
     "kspace_mask",
     "make_transform",
+    "measured_noise",
     "normalize_params",
     "parse_corruption_spec",
+    "parse_measured_spec",
     "random_line_mask",
     "seed_from_name",
     "slice_dropout_mask",
