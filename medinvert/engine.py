@@ -39,7 +39,8 @@ Algorithm (per batch of axial slices; no per-sample optimisation):
 5. End: a final hard data-consistency projection for noiseless measurements, then ``x * s``.
 
 Slices whose measurement is identically zero (air above and below the head) are returned as zeros
-without evaluating the network.  With the ``exact`` method the whole map from start to output (before
+without evaluating the network.  A 3D network (`medinvert.models.volume`) integrates the selected
+slices together, as one volume, in one batch.  With the ``exact`` method the whole map from start to output (before
 the final projection) is a bijection on the fixed-point grid given ``y``.
 """
 
@@ -56,6 +57,7 @@ from medinvert.denoiser import Denoiser
 from medinvert.errors import MedinvertError, NumericalError
 from medinvert.intensity import robust_scale
 from medinvert.models.slab import slab_stack
+from medinvert.models.volume import as_slice_network
 from medinvert.operators import Observation
 from medinvert.operators.base import LinearOperator
 from medinvert.operators.blur import BlurOperator
@@ -261,8 +263,12 @@ def run_reconstruction(
     selected = range(z_size) if slices is None else slices
     output = torch.zeros((z_size, x_size, y_size), dtype=torch.float32)
     cond = obs.descriptor.to(torch.float32)
+    net = as_slice_network(net)
+    whole_volume = bool(getattr(net, "whole_volume", False))  # a 3D network: every slice, one batch
     measured = obs.y.reshape(z_size, -1).abs().amax(dim=1) > 0
-    todo = [k for k in selected if bool(measured[k])]
+    todo = list(selected) if whole_volume else [k for k in selected if bool(measured[k])]
+    if whole_volume:
+        batch_size = max(len(todo), 1)
     takes_adjoint = _n_cond_channels(net) > 0
     neighbours = _slab_neighbours(net)
     if neighbours and _n_cond_channels(net) != 1:

@@ -51,6 +51,7 @@ from torch import nn
 from medinvert.errors import MedinvertError, NumericalError
 from medinvert.latent import Latent
 from medinvert.models.slab import slab_stack
+from medinvert.models.volume import as_slice_network
 from medinvert.schedule import Schedule, make_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,8 +173,9 @@ def _wrap(net: nn.Module, config: dict[str, Any], reference: dict[str, Any]) -> 
         raise MedinvertError(f"model must be an nn.Module, a model name or a checkpoint path, got {type(net).__name__}")
     arch = _architecture(net, config)
     dim = arch.get("dim", "2d")
-    if dim not in ("2d", "2.5d"):
-        raise MedinvertError(f"{dim} networks are not yet supported by invert/generate (2D and 2.5D slice networks only)")
+    if dim not in ("2d", "2.5d", "3d"):
+        raise MedinvertError(f"unknown network dimensionality {dim!r}")
+    net = as_slice_network(net)  # a 3D network sees the whole volume (`medinvert.models.volume`)
     prediction = config.get("prediction", "eps")
     reference = {**reference, "architecture": arch or {"class": type(net).__name__}}
     descriptor_dim = arch.get("descriptor_dim")
@@ -464,8 +466,9 @@ def _denoiser(net: ResolvedNetwork, dtype: torch.dtype, batch_size: int, guidanc
             wanted = range(slices.shape[0]) if image_slices is None else image_slices
             extra = slab_stack(slices, wanted, net.neighbours).contiguous()
     cond = None if descriptor is None else torch.from_numpy(np.ascontiguousarray(descriptor))
+    whole_volume = bool(getattr(net.net, "whole_volume", False))  # 3D: one network call per volume
     return Denoiser(_in_dtype(net.net, dtype), net.schedule, prediction=net.prediction, cond=cond, guidance=guidance,
-                    extra=extra, batch_size=batch_size, dtype=dtype)
+                    extra=extra, batch_size=None if whole_volume else batch_size, dtype=dtype)
 
 
 # ---------------------------------------------------------------------- validation

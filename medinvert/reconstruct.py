@@ -142,10 +142,12 @@ def _lipschitz(net: torch.nn.Module, prediction: str, schedule: Any, steps: int,
 
     grid = [float(v) for v in (schedule.sigmas(steps) if sigmas is None else sigmas)]
     times = [float(schedule.t_of_sigma(v)) for v in grid[:-1]]
-    input_shape = (1, int(getattr(net, "in_channels", 2)), *shape)
+    net = getattr(net, "core", net)  # a 3D network behind `VolumeAsSlices`: its own bounds
+    channels = int(getattr(net, "in_channels", 2))
     bound_all = lipschitz_upper_bound(net)
     bound_sampling = lipschitz_upper_bound(net, t=times, cond=cond)
-    probe_shape = (1, input_shape[1], min(64, shape[0]), min(64, shape[1]))  # a 64x64 probe keeps it cheap
+    # a 64x64 probe keeps it cheap (64x64x8 for a 3D network)
+    probe_shape = (1, channels, min(64, shape[0]), min(64, shape[1]), *((8,) if getattr(net, "spatial_dims", 2) == 3 else ()))
     estimate = (lipschitz_empirical(net, probe_shape, t=times[len(times) // 2], cond=cond, n_iter=8)
                 if empirical else None)
     offset = _eps_offset(prediction, grid[:-1])
@@ -289,7 +291,9 @@ def reconstruct_volume(
     report["lipschitz"] = lipschitz
     report["bounds"] = _bounds(lipschitz["bound"], resolved.schedule, steps, run.sigmas or None)
 
-    check = _check_slices(run.evaluated_slices, batch_size, checks) if checks != "none" else []
+    # a 3D network reconstructs the volume as a whole, so only a whole rerun reproduces its slices
+    mode = "full" if getattr(resolved.net, "whole_volume", False) else checks
+    check = _check_slices(run.evaluated_slices, batch_size, mode) if checks != "none" else []
     reproducibility: dict[str, Any] = {"output_sha256": _sha256(volume), "check_slices": check}
     if check:
         with deterministic(threads):

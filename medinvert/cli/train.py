@@ -15,8 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--modality", required=True, choices=["t1", "t1ce", "t2", "flair", "all"],
                    help="modality to train on; 'all' pools the four (a multi-contrast base model)")
     p.add_argument("--dim", default="2d", choices=["2d", "2.5d", "3d"],
-                   help="2d slices (default) or 2.5d: slices that also see their neighbours' adjoint images "
-                        "(3d patches: the network exists, training does not yet)")
+                   help="2d slices (default); 2.5d: slices that also see their neighbours' adjoint images; "
+                        "3d: patches of --crop x --crop x --depth voxels (reconstruction runs it over the volume "
+                        "in overlapping patches)")
+    p.add_argument("--depth", type=int, default=16, help="3d: slices per training patch (default 16)")
     p.add_argument("--neighbours", type=int, default=None,
                    help="2.5d: neighbouring slices on each side (default 2)")
     p.add_argument("--steps", type=int, required=True, help="total optimisation steps")
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(architecture=architecture, data=args.data, modality=args.modality, out=args.out, steps=args.steps, dim=args.dim,
                          batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                          lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup, **extra)
+                         seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup, depth=args.depth,
+                         **extra)
     config.validate()
     out = Path(args.out)
     if out.is_dir():

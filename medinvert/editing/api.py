@@ -167,6 +167,9 @@ def edit(
     region = make_region(load_mask(mask, shape, geometry), feather)
     other = _transplant_source(op, shape, geometry) if op.kind == "transplant" else None
     net = resolve_network(model, modality=source.meta.get("modality"))
+    if getattr(net.net, "whole_volume", False):
+        raise MedinvertError("editing processes the slices a region touches; it needs a 2D or 2.5D network, "
+                             "not a 3D one")
     if require_modality_match:
         check_model_modality(net, source.meta.get("modality"), source.path)
 

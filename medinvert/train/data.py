@@ -38,7 +38,7 @@ from medinvert.intensity import robust_scale
 from medinvert.io import find_cases, load_volume
 from medinvert.models.slab import centre_first, spatial_slab
 
-__all__ = ["TRAINABLE_MODALITIES", "load_training_volumes", "SliceSamples", "sample_corruption"]
+__all__ = ["TRAINABLE_MODALITIES", "load_training_volumes", "SliceSamples", "PatchSamples", "sample_corruption"]
 
 #: modalities a model can be trained for (``"all"`` pools them: a multi-contrast base model)
 TRAINABLE_MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -185,3 +185,61 @@ class SliceSamples(Dataset):
             "adjoint": adjoint / scale,
             "descriptor": torch.as_tensor(observation.descriptor).float(),
         }
+
+
+def _augmentations_3d(crop: int, depth: int) -> mt.Compose:
+    """MONAI array transforms for one ``(1, X, Y, D)`` patch: the 2D set's spatial part in-plane (the
+    slice axis is kept: flips, 90° turns and rotations act in the axial plane only), its intensity part
+    on the whole patch.  No elastic deformation (slow in 3D)."""
+    margin = crop + crop // 2
+    return mt.Compose([
+        mt.RandSpatialCrop(roi_size=(margin, margin, depth), random_size=False),
+        mt.RandFlip(prob=0.5, spatial_axis=0),
+        mt.RandFlip(prob=0.5, spatial_axis=1),
+        mt.RandRotate90(prob=0.5, spatial_axes=(0, 1)),
+        mt.RandAffine(prob=0.9, rotate_range=(0.0, 0.0, math.pi / 10), scale_range=(0.25, 0.25, 0.0),
+                      padding_mode="zeros"),
+        mt.RandBiasField(prob=0.7, coeff_range=(0.0, 0.4), degree=3),
+        mt.RandAdjustContrast(prob=0.7, gamma=(0.5, 2.0)),
+        mt.RandHistogramShift(prob=0.5, num_control_points=(5, 12)),
+        mt.RandScaleIntensity(prob=0.5, factors=0.3),
+        mt.ResizeWithPadOrCrop(spatial_size=(crop, crop, depth)),
+    ])
+
+
+class PatchSamples(Dataset):
+    """Indexable stream of augmented, corrupted 3D training patches ``crop x crop x depth`` (the 3D
+    counterpart of `SliceSamples`; same seeding, corruption draw and normalisation).
+
+    Returned dict: ``x0 (1, crop, crop, depth)``, ``adjoint (1, crop, crop, depth)``, ``descriptor (K,)``.
+    The slab of ``depth`` slices is centred on a slice with brain in it (clamped to the volume; a volume
+    with fewer slices is zero padded).
+    """
+
+    def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 64, depth: int = 16,
+                 first_index: int = 0) -> None:
+        super().__init__(data=range(int(length)))
+        self.volumes = volumes
+        self.brain_slices = [_brain_slices(v) for v in volumes]
+        self.seed, self.crop, self.depth, self.first_index = int(seed), int(crop), int(depth), int(first_index)
+        self.augment = _augmentations_3d(self.crop, self.depth)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        from medinvert.transforms import corrupt
+
+        global_index = self.first_index + int(index)
+        rng = np.random.default_rng([self.seed, global_index])
+        v = int(rng.integers(len(self.volumes)))
+        z = int(rng.choice(self.brain_slices[v]))
+        volume = self.volumes[v]
+        start = min(max(z - self.depth // 2, 0), max(volume.shape[2] - self.depth, 0))
+        image = volume[:, :, start:start + self.depth][None].float()               # (1, X, Y, <= depth)
+        self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        with _plain_tensors():
+            clean = torch.as_tensor(self.augment(image)).float().clamp_min(0.0)   # (1, crop, crop, depth)
+        kind, params = sample_corruption(rng)
+        observation = corrupt(clean[0], kind, seed=int(rng.integers(2**31)), **params)
+        adjoint = torch.as_tensor(observation.adjoint).float()[None]
+        scale = robust_scale(adjoint) * float(rng.uniform(0.8, 1.25))
+        return {"x0": clean / scale, "adjoint": adjoint / scale,
+                "descriptor": torch.as_tensor(observation.descriptor).float()}

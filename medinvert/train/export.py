@@ -38,9 +38,10 @@ def lipschitz_summary(model: torch.nn.Module, *, probe: int = 64, seed: int = 0)
     """Analytic bound (any t, c) and empirical estimate (null condition, t = 0.5) of the network."""
     torch.manual_seed(seed)
     in_channels = int(getattr(model, "in_channels", 1))
+    depth = (8,) if getattr(model, "spatial_dims", 2) == 3 else ()  # 3D networks: a 64x64x8 probe
     return {
         "bound": float(lipschitz_upper_bound(model)),
-        "empirical": float(lipschitz_empirical(model, (1, in_channels, probe, probe), t=0.5, n_iter=20)),
+        "empirical": float(lipschitz_empirical(model, (1, in_channels, probe, probe, *depth), t=0.5, n_iter=20)),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "of": "x -> network output (v or eps) at fixed t, c; Euclidean norm per slice",
     }

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from medinvert.denoiser import edm_coefficients, guess_spread
@@ -52,7 +52,7 @@ from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
 from medinvert.models.unet import LipschitzUNet
 from medinvert.operators import DESCRIPTOR_LENGTH
 from medinvert.schedule import Schedule, make_schedule
-from medinvert.train.data import TRAINABLE_MODALITIES, SliceSamples, load_training_volumes
+from medinvert.train.data import TRAINABLE_MODALITIES, PatchSamples, SliceSamples, load_training_volumes
 from medinvert.train.distributed import DistContext
 
 __all__ = ["TrainConfig", "train", "TRAINABLE_PREDICTIONS"]
@@ -81,6 +81,7 @@ class TrainConfig:
     dim: str = "2d"
     batch_size: int = 16
     crop: int = 96
+    depth: int = 16
     lr: float = 5e-4
     weight_decay: float = 1e-4
     warmup: int = 100
@@ -106,8 +107,10 @@ class TrainConfig:
             raise MedinvertError(f"unknown modality {self.modality!r}; valid: {', '.join(TRAINABLE_MODALITIES)}, all")
         if self.prediction not in TRAINABLE_PREDICTIONS:
             raise MedinvertError(f"prediction must be one of {', '.join(TRAINABLE_PREDICTIONS)}, got {self.prediction!r}")
-        if self.dim not in ("2d", "2.5d"):
-            raise MedinvertError(f"training is implemented for --dim 2d and 2.5d (got {self.dim!r})")
+        if self.dim not in ("2d", "2.5d", "3d"):
+            raise MedinvertError(f"unknown --dim {self.dim!r}; valid: 2d, 2.5d, 3d")
+        if self.dim == "3d" and not 4 <= self.depth <= 256:
+            raise MedinvertError(f"--depth must be in 4..256 slices, got {self.depth}")
         if (self.dim == "2.5d") != (int(self.architecture.get("neighbours", 0)) > 0):
             raise MedinvertError("--dim 2.5d needs --neighbours >= 1, and --neighbours applies only to --dim 2.5d")
 
@@ -125,10 +128,15 @@ def _lipschitz_penalty(model: torch.nn.Module, net_in: torch.Tensor, t: torch.Te
     """Hinge on the finite-difference ratio ||f(x + d) - f(x)|| / ||d|| per sample (d only on x_t)."""
     direction = torch.zeros_like(net_in)
     direction[:, :1] = torch.randn(net_in[:, :1].shape, generator=generator)
-    direction = direction * (1e-2 / direction.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+    direction = direction * _per_sample(1e-2 / direction.flatten(1).norm(dim=1).clamp_min(1e-12), net_in)
     moved = model(net_in + direction, t, cond)
     ratio = (moved - eps_out).flatten(1).norm(dim=1) / direction.flatten(1).norm(dim=1)
     return F.relu(ratio - target).pow(2).mean()
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values (B,)`` shaped to broadcast over ``like (B, C, *spatial)`` (2D slices or 3D patches)."""
+    return values.view(-1, *([1] * (like.ndim - 1)))
 
 
 def sample_times(schedule: Schedule, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -161,11 +169,11 @@ def diffusion_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tens
     cond = batch["descriptor"].to(device)
     n = x0.shape[0]
     t = sample_times(schedule, n, generator)
-    abar = schedule.abar(t).to(torch.float32).view(-1, 1, 1, 1).to(device)
+    abar = _per_sample(schedule.abar(t).to(torch.float32), x0).to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     dropped = (torch.rand(n, generator=generator) < cond_dropout).to(device)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-    net_in = torch.cat([x_t, adjoint * (~dropped).view(-1, 1, 1, 1)], dim=1)
+    net_in = torch.cat([x_t, adjoint * _per_sample(~dropped, adjoint)], dim=1)
     t32 = t.to(torch.float32).to(device)
     prediction_out = net(net_in, t32, cond, cond_drop=dropped)
     target = _target(prediction, x0, noise, abar, net_in[:, 1:2])
@@ -313,8 +321,12 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
     net = DistributedDataParallel(model) if context.active else model
     remaining = config.steps - start_step
     per_step = config.batch_size * context.world_size
-    dataset = SliceSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
-                           first_index=start_step * per_step, neighbours=int(model.config["neighbours"]))
+    if config.dim == "3d":
+        dataset: Dataset = PatchSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
+                                        depth=config.depth, first_index=start_step * per_step)
+    else:
+        dataset = SliceSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
+                               first_index=start_step * per_step, neighbours=int(model.config["neighbours"]))
     sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False,
                                  drop_last=True)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=0)
