@@ -259,11 +259,13 @@ def test_default_model_is_the_modalitys_shipped_model_or_random():
         assert name == RANDOM_MODEL or name in available_models()
 
 
-def test_3d_networks_are_refused_clearly():
+def test_3d_network_modules_invert_the_whole_volume_exactly():
     with torch.random.fork_rng(devices=[]):
         net3d = LipschitzUNet(dim="3d", channels=(4,), emb_dim=8, time_dim=4, patch=1, descriptor_dim=4).eval()
-    with pytest.raises(MedinvertError, match="not yet supported"):
-        invert(torch.randn(8, 8, 2), net3d, steps=2)
+    volume = torch.randn(8, 8, 3)
+    latent = invert(volume, net3d, steps=2)
+    assert latent.stats["forward_calls"] == 2  # one network call per step: the whole volume at once
+    assert torch.equal(generate(latent, net3d).as_tensor(), volume)
 
 
 def test_caller_module_is_not_modified_by_a_float64_run():
