@@ -38,3 +38,20 @@ def phantom(shape: tuple[int, int, int] = (32, 28, 4), seed: int = 0) -> np.ndar
         texture = 20 * np.sin(6 * x + k) * np.cos(4 * y) + 5 * rng.standard_normal(x.shape)
         out[:, :, k] = inside * (100.0 + 10 * k + texture)
     return out
+
+
+def train_tiny_from_cli(root: Path, make_nifti, shape: tuple[int, int, int], *options: str) -> Path:
+    """Run ``medinvert train`` (2 steps, tiny network) on two phantom t1 cases written under ``root``;
+    ``options`` add to the command (e.g. ``--dim 3d``).  Returns the checkpoint; fails the test on error."""
+    import subprocess
+    import sys
+
+    data = root / "data"
+    for i in range(2):
+        make_nifti(data / f"BraTS2021_0000{i}_t1.nii.gz", phantom(shape, seed=i), np.eye(4))
+    out = root / "trained.pt"
+    command = [sys.executable, "-m", "medinvert", "train", str(data), "--modality", "t1", "--steps", "2",
+               "--channels", "8,16", "--threads", "1", "--no-progress", "--out", str(out), *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out

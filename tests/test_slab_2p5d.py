@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from _recon_helpers import phantom
+from _recon_helpers import phantom, train_tiny_from_cli
 from medinvert.engine import run_reconstruction
 from medinvert.errors import MedinvertError
 from medinvert.models import LipschitzUNet
@@ -132,15 +132,8 @@ def test_2p5d_checkpoint_inverts_bit_exactly_and_trains_from_the_cli(tmp_path: P
                     condition=corrupt(volume, "kspace", seed=1, acceleration=4, center_fraction=0.16))
     assert torch.equal(generate(latent, str(path)).as_tensor(), volume)
 
-    data = tmp_path / "data"
-    for i in range(2):
-        make_nifti(data / f"BraTS2021_0000{i}_t1.nii.gz", phantom((40, 36, 6), seed=i), np.eye(4))
-    out = tmp_path / "trained.pt"
-    command = [sys.executable, "-m", "medinvert", "train", str(data), "--modality", "t1", "--dim", "2.5d",
-               "--neighbours", "1", "--steps", "2", "--batch-size", "2", "--crop", "32", "--channels", "8,16",
-               "--threads", "1", "--no-progress", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    out = train_tiny_from_cli(tmp_path, make_nifti, (40, 36, 6), "--dim", "2.5d", "--neighbours", "1",
+                              "--batch-size", "2", "--crop", "32")
     trained, _ = load_model(str(out))
     assert trained.config["dim"] == "2.5d" and trained.in_channels == 4
 

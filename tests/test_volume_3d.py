@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from _recon_helpers import phantom
+from _recon_helpers import phantom, train_tiny_from_cli
 from medinvert.errors import MedinvertError
 from medinvert.models import LipschitzUNet
 from medinvert.models.checkpoint import save_checkpoint
@@ -68,15 +68,8 @@ def test_3d_model_trains_reconstructs_deterministically_and_inverts_exactly(tmp_
     from medinvert.inversion import resolve_network
     from medinvert.transforms import corrupt
 
-    data = tmp_path / "data"
-    for i in range(2):
-        make_nifti(data / f"BraTS2021_0000{i}_t1.nii.gz", phantom((40, 36, 8), seed=i), np.eye(4))
-    out = tmp_path / "patch.pt"
-    command = [sys.executable, "-m", "medinvert", "train", str(data), "--modality", "t1", "--dim", "3d",
-               "--depth", "4", "--steps", "2", "--batch-size", "1", "--crop", "16", "--channels", "8,16",
-               "--threads", "1", "--no-progress", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    out = train_tiny_from_cli(tmp_path, make_nifti, (40, 36, 8), "--dim", "3d", "--depth", "4", "--batch-size", "1",
+                              "--crop", "16")
 
     resolved = resolve_network(str(out))
     assert isinstance(resolved.net, VolumeAsSlices)

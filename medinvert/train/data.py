@@ -141,7 +141,33 @@ def _brain_slices(volume: torch.Tensor) -> np.ndarray:
     return indices if indices.size else np.arange(volume.shape[2])
 
 
-class SliceSamples(Dataset):
+class _SampleStream(Dataset):
+    """Shared part of `SliceSamples` and `PatchSamples`: sample ``first_index + i`` draws, from a
+    generator seeded by ``(seed, first_index + i)`` alone, a volume, a slice with brain in it, the
+    augmentation seed, a corruption and the intensity jitter -- in that order."""
+
+    def __init__(self, volumes: list[torch.Tensor], length: int, seed: int, crop: int, first_index: int) -> None:
+        super().__init__(data=range(int(length)))
+        self.volumes = volumes
+        self.brain_slices = [_brain_slices(v) for v in volumes]
+        self.seed, self.crop, self.first_index = int(seed), int(crop), int(first_index)
+
+    def _draw(self, index: int) -> tuple[np.random.Generator, torch.Tensor, int]:
+        """``(generator, volume (X, Y, Z), slice z)`` of sample ``index``."""
+        rng = np.random.default_rng([self.seed, self.first_index + int(index)])
+        v = int(rng.integers(len(self.volumes)))
+        return rng, self.volumes[v], int(rng.choice(self.brain_slices[v]))
+
+    @staticmethod
+    def _corrupted(clean: torch.Tensor, rng: np.random.Generator) -> Any:
+        """A random corruption (`sample_corruption`) of the clean volume ``(X, Y, S)`` -> `Observation`."""
+        from medinvert.transforms import corrupt
+
+        kind, params = sample_corruption(rng)
+        return corrupt(clean, kind, seed=int(rng.integers(2**31)), **params)
+
+
+class SliceSamples(_SampleStream):
     """Indexable stream of augmented, corrupted training slices (see the module docstring).
 
     ``SliceSamples(volumes, length, seed, crop, first_index)[i]`` is sample ``first_index + i``; the
@@ -150,32 +176,20 @@ class SliceSamples(Dataset):
 
     def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 96,
                  first_index: int = 0, neighbours: int = 0) -> None:
-        super().__init__(data=range(int(length)))
-        self.volumes = volumes
-        self.brain_slices = [_brain_slices(v) for v in volumes]
-        self.seed = int(seed)
-        self.crop = int(crop)
-        self.first_index = int(first_index)
+        super().__init__(volumes, length, seed, crop, first_index)
         self.neighbours = int(neighbours)
         self.augment = _augmentations(self.crop)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        from medinvert.transforms import corrupt
-
-        global_index = self.first_index + int(index)
-        rng = np.random.default_rng([self.seed, global_index])
-        v = int(rng.integers(len(self.volumes)))
-        z = int(rng.choice(self.brain_slices[v]))
-        volume = self.volumes[v]
+        rng, volume, z = self._draw(index)
         slab = spatial_slab(z, self.neighbours, volume.shape[2])              # z-k .. z+k, spatial order
         image = volume[:, :, slab].permute(2, 0, 1).float()                   # (S, X, Y), S = 2k + 1
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
         with _plain_tensors():  # spatial transforms move all S slices together
             clean = torch.as_tensor(self.augment(image)).float().clamp_min(0.0)  # (S, crop, crop)
-        kind, params = sample_corruption(rng)
         # corrupted as the small volume it is (a box or blob mask spans neighbouring slices), then
         # reordered centre first, as the network takes it (`medinvert.models.slab`)
-        observation = corrupt(clean.permute(1, 2, 0), kind, seed=int(rng.integers(2**31)), **params)
+        observation = self._corrupted(clean.permute(1, 2, 0), rng)
         order = centre_first(self.neighbours)
         clean = clean[order]
         adjoint = torch.as_tensor(observation.adjoint).float().permute(2, 0, 1)[order]  # (S, crop, crop)
@@ -207,7 +221,7 @@ def _augmentations_3d(crop: int, depth: int) -> mt.Compose:
     ])
 
 
-class PatchSamples(Dataset):
+class PatchSamples(_SampleStream):
     """Indexable stream of augmented, corrupted 3D training patches ``crop x crop x depth`` (the 3D
     counterpart of `SliceSamples`; same seeding, corruption draw and normalisation).
 
@@ -218,27 +232,18 @@ class PatchSamples(Dataset):
 
     def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 64, depth: int = 16,
                  first_index: int = 0) -> None:
-        super().__init__(data=range(int(length)))
-        self.volumes = volumes
-        self.brain_slices = [_brain_slices(v) for v in volumes]
-        self.seed, self.crop, self.depth, self.first_index = int(seed), int(crop), int(depth), int(first_index)
+        super().__init__(volumes, length, seed, crop, first_index)
+        self.depth = int(depth)
         self.augment = _augmentations_3d(self.crop, self.depth)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        from medinvert.transforms import corrupt
-
-        global_index = self.first_index + int(index)
-        rng = np.random.default_rng([self.seed, global_index])
-        v = int(rng.integers(len(self.volumes)))
-        z = int(rng.choice(self.brain_slices[v]))
-        volume = self.volumes[v]
+        rng, volume, z = self._draw(index)
         start = min(max(z - self.depth // 2, 0), max(volume.shape[2] - self.depth, 0))
         image = volume[:, :, start:start + self.depth][None].float()               # (1, X, Y, <= depth)
         self.augment.set_random_state(seed=int(rng.integers(2**31)))
         with _plain_tensors():
             clean = torch.as_tensor(self.augment(image)).float().clamp_min(0.0)   # (1, crop, crop, depth)
-        kind, params = sample_corruption(rng)
-        observation = corrupt(clean[0], kind, seed=int(rng.integers(2**31)), **params)
+        observation = self._corrupted(clean[0], rng)
         adjoint = torch.as_tensor(observation.adjoint).float()[None]
         scale = robust_scale(adjoint) * float(rng.uniform(0.8, 1.25))
         return {"x0": clean / scale, "adjoint": adjoint / scale,
