@@ -142,10 +142,11 @@ def _lipschitz(net: torch.nn.Module, prediction: str, schedule: Any, steps: int,
 
     grid = [float(v) for v in (schedule.sigmas(steps) if sigmas is None else sigmas)]
     times = [float(schedule.t_of_sigma(v)) for v in grid[:-1]]
-    net = getattr(net, "core", net)  # a 3D network behind `VolumeAsSlices`: its own bounds
+    factor = float(getattr(net, "lipschitz_factor", 1.0))  # a 3D network over blended windows
+    net = getattr(net, "core", net)
     channels = int(getattr(net, "in_channels", 2))
-    bound_all = lipschitz_upper_bound(net)
-    bound_sampling = lipschitz_upper_bound(net, t=times, cond=cond)
+    bound_all = factor * lipschitz_upper_bound(net)
+    bound_sampling = factor * lipschitz_upper_bound(net, t=times, cond=cond)
     # a 64x64 probe keeps it cheap (64x64x8 for a 3D network)
     probe_shape = (1, channels, min(64, shape[0]), min(64, shape[1]), *((8,) if getattr(net, "spatial_dims", 2) == 3 else ()))
     estimate = (lipschitz_empirical(net, probe_shape, t=times[len(times) // 2], cond=cond, n_iter=8)

@@ -112,3 +112,24 @@ def test_editing_refuses_a_3d_network(tmp_path: Path):
     mask[4:8, 4:8, 1] = True
     with pytest.raises(MedinvertError, match="2D or 2.5D network"):
         edit(volume, mask, "shift:0.1", str(path), steps=3)
+
+
+class _PointwiseCore(torch.nn.Module):
+    """A "3D network" that is 3 x its first input channel: whatever the windows, the blend must give
+    exactly 3 x the volume (windows cover every voxel, blending weights sum to one: the convex
+    combination behind `VolumeAsSlices.lipschitz_factor`)."""
+
+    config = {"dim": "3d"}
+    in_channels = 2
+
+    def forward(self, x, t, cond=None, cond_drop=None):
+        assert x.ndim == 5 and t.shape == (x.shape[0],)
+        return 3.0 * x[:, :1]
+
+
+def test_the_window_blend_is_a_convex_combination_covering_every_voxel():
+    wrapped = as_slice_network(_PointwiseCore())
+    wrapped.patch_size = (16, 16, 4)  # many overlapping windows on a 30 x 22 x 9 volume
+    x = torch.randn(9, 2, 30, 22, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(wrapped(x, torch.full((9,), 0.4)), 3.0 * x[:, :1], rtol=1e-5, atol=1e-5)
+    assert wrapped.lipschitz_factor == pytest.approx(8 ** 0.5)

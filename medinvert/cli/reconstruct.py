@@ -186,7 +186,7 @@ def plan_jobs(input_path: str | Path, corruption: str | None, out: Path,
         return jobs
     if observations:
         raise MedinvertError("holds observations written by `medinvert corrupt`; reconstruct them without "
-                             "--corruption", path=root)
+                             "--corruption or --measured", path=root)
     return volume_jobs(root, exclude=out, modalities=modalities)
 
 

@@ -16,6 +16,7 @@ them; `medinvert.engine` and `medinvert.inversion` do), with one diffusion time 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -45,9 +46,19 @@ class VolumeAsSlices(nn.Module):
 
     @property
     def core(self) -> nn.Module:
-        """The wrapped 3D network (its Lipschitz bounds are the wrapper's: the reshapes are isometries,
-        and the Gaussian-weighted blend of overlapping patches is a convex combination)."""
+        """The wrapped 3D network."""
         return self.net
+
+    @property
+    def lipschitz_factor(self) -> float:
+        """``Lip(wrapper) <= lipschitz_factor * Lip(core)`` in the Euclidean norm over the volume.
+
+        The reshapes are isometries; the output is, voxel by voxel, a convex (Gaussian-weighted)
+        combination of the window outputs, so by Jensen ``||d out||^2 <= sum_w ||d f(P_w x)||^2 <=
+        L^2 m ||d x||^2`` with ``m`` the most windows covering one voxel: ``2^3`` for an overlap below
+        one half (at most two windows per axis).
+        """
+        return math.sqrt(8.0) if OVERLAP < 0.5 else float("inf")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
                 cond_drop: torch.Tensor | None = None) -> torch.Tensor:
