@@ -51,6 +51,7 @@ from torch import nn
 from medinvert.errors import MedinvertError, NumericalError
 from medinvert.latent import Latent
 from medinvert.models.slab import slab_stack
+from medinvert.operators.layout import as_plain_tensor
 from medinvert.models.volume import as_slice_network
 from medinvert.schedule import Schedule, make_schedule
 
@@ -354,13 +355,10 @@ def _as_source(volume: Any) -> _Source:
         affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise MedinvertError(f"volume affine must be a finite 4x4 matrix, got shape {affine.shape}", path=path)
-    if isinstance(volume, torch.Tensor):
-        data = volume.detach().cpu().as_subclass(torch.Tensor)
-    else:
-        try:
-            data = torch.as_tensor(np.asarray(volume))
-        except (TypeError, ValueError, RuntimeError):
-            raise MedinvertError(f"volume must be a path, a tensor or an array, got {type(volume).__name__}") from None
+    try:
+        data = as_plain_tensor(volume.detach().cpu() if isinstance(volume, torch.Tensor) else volume)
+    except (TypeError, ValueError, RuntimeError):
+        raise MedinvertError(f"volume must be a path, a tensor or an array, got {type(volume).__name__}") from None
     if data.is_complex() or data.dtype == torch.bool or data.ndim < 2:
         raise MedinvertError(f"volume must be a real (X, Y, Z) array, got {data.dtype} of shape {tuple(data.shape)}",
                              path=path)

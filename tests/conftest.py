@@ -279,3 +279,10 @@ def brats_layouts(tmp_path: Path) -> BraTSLayouts:
         "BraTS-GLI-00002-000": write_brats_case(root, "BraTS-GLI-00002-000", year=2023),
     }
     return BraTSLayouts(root=root, case_2021="BraTS2021_00001", case_2023="BraTS-GLI-00002-000", paths=paths)
+
+
+@pytest.fixture
+def one_thread(monkeypatch) -> None:
+    """One intra-op thread (the machine running the tests is small and shared); recorded like any other.
+    Modules that want it say ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    monkeypatch.setenv("MEDINVERT_THREADS", "1")

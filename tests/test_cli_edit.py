@@ -10,22 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medinvert.cli import main
+from _cli import run
 from medinvert.io import load_volume
 
 AFFINE = np.array([[-1.0, 0, 0, 20], [0, -1.0, 0, 18], [0, 0, 2.0, -3], [0, 0, 0, 1]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("MEDINVERT_THREADS", "1")
-
-
-def run(*argv: object) -> int:
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sha(path: Path) -> str:

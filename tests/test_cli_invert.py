@@ -9,24 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medinvert.cli import main
+from _cli import run
 from medinvert.io import load_volume
 
 SAMPLE_T1 = Path(__file__).resolve().parents[1] / "sample_data" / "BraTS-GLI-00002-000" / "BraTS-GLI-00002-000-t1n.nii.gz"
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread (the machine running the tests is small and shared); recorded like any other."""
-    monkeypatch.setenv("MEDINVERT_THREADS", "1")
-
-
-def run(*argv: object) -> int:
-    """Exit code of ``medinvert ARGV`` (argparse usage errors exit through SystemExit)."""
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def voxel_bits(path: Path) -> np.ndarray:

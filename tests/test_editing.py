@@ -22,9 +22,7 @@ from medinvert.solvers.exact import FixedPointState
 MODEL = "random"
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("MEDINVERT_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -188,10 +186,16 @@ def awkward_volume() -> np.ndarray:
     return volume
 
 
+def chain_mask(shape: tuple[int, ...]) -> np.ndarray:
+    """The edit region of the chain tests: a 7 x 7 square on slice 1 (holding the awkward values)."""
+    mask = np.zeros(shape, bool)
+    mask[5:12, 5:12, 1] = True
+    return mask
+
+
 def test_ten_noop_cycles_are_bit_identical():
     volume = awkward_volume()
-    mask = np.zeros(volume.shape, bool)
-    mask[5:12, 5:12, 1] = True
+    mask = chain_mask(volume.shape)
     current = volume
     for cycle in range(10):
         op = "shift:0" if cycle % 2 == 0 else "scale:1"
@@ -201,8 +205,7 @@ def test_ten_noop_cycles_are_bit_identical():
 
 def test_ten_small_edit_cycles_change_only_the_mask():
     volume = awkward_volume()
-    mask = np.zeros(volume.shape, bool)
-    mask[5:12, 5:12, 1] = True
+    mask = chain_mask(volume.shape)
     current = volume
     for cycle in range(10):
         current = edit(current, mask, "shift:0.02", MODEL, steps=5, t_edit=0.3).volume.as_tensor().numpy()

@@ -31,11 +31,7 @@ from medinvert.models import LipschitzUNet, save_checkpoint, state_dict_sha256
 from medinvert.operators import DESCRIPTOR_LENGTH
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread (the machine running the tests is small and shared); recorded like any other."""
-    monkeypatch.setenv("MEDINVERT_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def net() -> ResolvedNetwork:

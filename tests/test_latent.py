@@ -22,11 +22,7 @@ from medinvert.solvers.guided import DEFAULT_GUIDANCE
 from medinvert.solvers.fixed_point import dequantize
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread (the machine running the tests is small and shared); recorded like any other."""
-    monkeypatch.setenv("MEDINVERT_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def net():

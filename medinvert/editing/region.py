@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medinvert.errors import MedinvertError
+from medinvert.operators.layout import as_plain_tensor
 
 __all__ = ["Region", "load_mask", "make_region", "affine_of"]
 
@@ -71,13 +72,10 @@ def load_mask(mask: Any, shape: tuple[int, int, int], volume_affine: np.ndarray 
         label = os.fspath(mask)
         mask = load_volume(label)
     affine = affine_of(mask)
-    if isinstance(mask, torch.Tensor):
-        data = mask.detach().cpu().as_subclass(torch.Tensor)
-    else:
-        try:
-            data = torch.as_tensor(np.asarray(mask))
-        except (TypeError, ValueError, RuntimeError):
-            raise MedinvertError(f"mask must be a path, a tensor or an array, got {type(mask).__name__}") from None
+    try:
+        data = as_plain_tensor(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    except (TypeError, ValueError, RuntimeError):
+        raise MedinvertError(f"mask must be a path, a tensor or an array, got {type(mask).__name__}") from None
     if data.is_complex():
         raise MedinvertError("mask must be real-valued", path=label)
     data = _squeeze(data)
