@@ -28,7 +28,7 @@ import numpy as np
 
 from medinvert.errors import MedinvertError
 
-__all__ = ["psnr", "ssim", "nmse", "ssim_map", "per_slice_metrics"]
+__all__ = ["psnr", "ssim", "nmse", "ssim_map", "per_slice_metrics", "ssim_defined"]
 
 K1 = 0.01
 K2 = 0.03
@@ -97,6 +97,17 @@ def psnr(x: Any, ref: Any, data_range: float | None = None, *, mask: Any = None)
     diff = a - b if m is None else a[m] - b[m]
     mse = float(np.mean(diff * diff))
     return math.inf if mse == 0.0 else 10.0 * math.log10(peak * peak / mse)
+
+
+def ssim_defined(shape: tuple[int, ...], *, mode: str = "slice", win_size: int = 7, gaussian: bool = False) -> bool:
+    """Whether an image of ``shape`` ``(X, Y[, Z])`` holds one whole SSIM window (``ssim`` raises otherwise).
+
+    A tiny volume (a 4 x 5 x 7 test image, a localiser) has no SSIM at the fastMRI window; callers that
+    report many metrics record ``None`` / ``nan`` for it instead of failing.
+    """
+    win = 2 * int(GAUSSIAN_TRUNCATE * GAUSSIAN_SIGMA + 0.5) + 1 if gaussian else win_size
+    axes = 2 if mode == "slice" else 3
+    return len(shape) >= axes and min(shape[:axes]) >= win
 
 
 def ssim_map(x: Any, ref: Any, data_range: float | None = None, *, mode: str = "slice", win_size: int = 7,
@@ -177,7 +188,8 @@ def per_slice_metrics(x: Any, ref: Any, data_range: float | None = None, *, per_
 
     ``data_range`` defaults to the reference *volume* maximum (fastMRI), or each reference slice's own
     maximum with ``per_slice_range=True``.  A slice identical to its reference has PSNR ``inf``; a
-    slice whose reference is all zero has NMSE ``nan`` (and, with ``per_slice_range``, PSNR / SSIM ``nan``).
+    slice whose reference is all zero has NMSE ``nan`` (and, with ``per_slice_range``, PSNR / SSIM ``nan``);
+    slices smaller than the SSIM window have SSIM ``nan`` (`ssim_defined`).
     """
     a, b, _ = _prepare(x, ref)
     volume_peak = None if per_slice_range else _data_range(b, data_range)
@@ -192,5 +204,6 @@ def per_slice_metrics(x: Any, ref: Any, data_range: float | None = None, *, per_
             out["ssim"].append(math.nan)
             continue
         out["psnr"].append(psnr(xs, rs, data_range=peak))
-        out["ssim"].append(ssim(xs, rs, data_range=peak, win_size=win_size))
+        out["ssim"].append(ssim(xs, rs, data_range=peak, win_size=win_size)
+                           if ssim_defined(xs.shape, win_size=win_size) else math.nan)
     return out

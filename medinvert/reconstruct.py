@@ -245,7 +245,7 @@ def reconstruct_volume(
     from medinvert.io import load_volume
     from medinvert.io.nifti import make_meta_tensor
     from medinvert.io.naming import guess_modality
-    from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim
+    from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim, ssim_defined
     from medinvert.transforms.seeding import seed_from_name
 
     if checks not in CHECK_MODES:
@@ -327,9 +327,10 @@ def reconstruct_volume(
             raise MedinvertError(f"reference shape {tuple(ref_t.shape)} differs from the volume's {tuple(volume.shape)}",
                                  reference if isinstance(reference, (str, Path)) else None)
         zero_filled = observation.image()
+        has_ssim = ssim_defined(tuple(ref_t.shape))  # None for slices smaller than the 7x7 window
         report["metrics"] = {
-            "psnr": psnr(volume, ref_t), "ssim": ssim(volume, ref_t), "nmse": nmse(volume, ref_t),
-            "zero_filled": {"psnr": psnr(zero_filled, ref_t), "ssim": ssim(zero_filled, ref_t),
+            "psnr": psnr(volume, ref_t), "ssim": ssim(volume, ref_t) if has_ssim else None, "nmse": nmse(volume, ref_t),
+            "zero_filled": {"psnr": psnr(zero_filled, ref_t), "ssim": ssim(zero_filled, ref_t) if has_ssim else None,
                             "nmse": nmse(zero_filled, ref_t)},
             "per_slice": per_slice_metrics(volume, ref_t),
             "conventions": "fastMRI: data range = reference volume max; SSIM = mean of 2-D slice SSIMs (7x7)",

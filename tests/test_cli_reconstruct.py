@@ -251,3 +251,20 @@ def test_torchrun_two_processes_shard_the_cases(tmp_path, model, corrupted):
     rows = _summary(out)
     assert [r["stem"] for r in rows] == stems and {r["status"] for r in rows} == {"done"}
     assert done.stdout.count("3 done, 0 skipped, 0 failed") == 1  # rank 0 alone prints the summary
+
+
+def test_volume_smaller_than_the_ssim_window_reconstructs_without_ssim(capsys, tmp_path, model):
+    """A 5 x 6 x 3 volume (nibabel's ``standard.nii.gz`` is 4 x 5 x 7) has no 7x7 SSIM: the reconstruction
+    and the other metrics are still written, SSIM is null in the report and the CSV, n/a on screen."""
+    clean = phantom((5, 6, 3))
+    nib.save(nib.Nifti1Image(clean, np.eye(4)), tmp_path / "tiny_t1.nii.gz")
+    code, _, stderr = _run(capsys, "reconstruct", tmp_path / "tiny_t1.nii.gz", "--corruption", "kspace:2",
+                           "--model", model, "--reference", tmp_path / "tiny_t1.nii.gz", "--out", tmp_path / "out",
+                           *FAST)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "tiny_t1_report.json").read_text())
+    assert report["metrics"]["ssim"] is None and report["metrics"]["zero_filled"]["ssim"] is None
+    assert math.isfinite(report["metrics"]["psnr"]) and all(v is None for v in report["metrics"]["per_slice"]["ssim"])
+    assert _summary(tmp_path / "out")[0]["ssim"] == ""
+    code, stdout, _ = _run(capsys, "evaluate", tmp_path / "out" / "tiny_t1_recon.nii.gz", tmp_path / "tiny_t1.nii.gz")
+    assert code == 0 and "n/a" in stdout

@@ -11,7 +11,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from medinvert.errors import MedinvertError
-from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim, ssim_map
+from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim, ssim_defined, ssim_map
 
 
 @pytest.fixture
@@ -171,3 +171,14 @@ def test_bad_inputs(pair) -> None:
         ssim(x, ref, mode="3d")  # only 5 slices < 7
     with pytest.raises(MedinvertError, match="NaN"):
         psnr(np.full(ref.shape, np.nan), ref)
+
+
+def test_ssim_defined_matches_where_ssim_raises(pair) -> None:
+    x, ref = pair
+    assert ssim_defined(ref.shape) and not ssim_defined(ref.shape, mode="3d")  # 5 slices < 7
+    small = (6, 40, 3)
+    assert not ssim_defined(small)
+    with pytest.raises(MedinvertError, match="smaller than"):
+        ssim(np.ones(small), np.ones(small))
+    values = per_slice_metrics(x[:6, :, :], ref[:6, :, :])
+    assert all(math.isnan(v) for v in values["ssim"]) and all(math.isfinite(v) for v in values["psnr"])

@@ -44,20 +44,23 @@ def evaluate_volumes(recon: Any, reference: Any, mask: Any = None) -> dict[str, 
     import numpy as np
 
     from medinvert.errors import MedinvertError
-    from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim
+    from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim, ssim_defined
 
     shape_a, shape_b = tuple(np.shape(recon)), tuple(np.shape(reference))
     if shape_a != shape_b:
         raise MedinvertError(f"reconstruction shape {shape_a} differs from the reference shape {shape_b}")
     if mask is not None and tuple(np.shape(mask)) != shape_b:
         raise MedinvertError(f"mask shape {tuple(np.shape(mask))} differs from the volume shape {shape_b}")
+    has_ssim = ssim_defined(shape_b)  # slices smaller than the 7x7 window have no SSIM (None)
     result: dict[str, Any] = {
         "shape": list(shape_b), "conventions": CONVENTIONS,
-        "volume": {"psnr": psnr(recon, reference), "ssim": ssim(recon, reference), "nmse": nmse(recon, reference)},
+        "volume": {"psnr": psnr(recon, reference), "ssim": ssim(recon, reference) if has_ssim else None,
+                   "nmse": nmse(recon, reference)},
         "masked": None,
     }
     if mask is not None:
-        result["masked"] = {"psnr": psnr(recon, reference, mask=mask), "ssim": ssim(recon, reference, mask=mask),
+        result["masked"] = {"psnr": psnr(recon, reference, mask=mask),
+                            "ssim": ssim(recon, reference, mask=mask) if has_ssim else None,
                             "nmse": nmse(recon, reference, mask=mask),
                             "voxels": int(np.count_nonzero(np.asarray(mask)))}
     result["per_slice"] = per_slice_metrics(recon, reference)
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         if row is None:
             continue
         psnr_text = row["psnr"] if isinstance(row["psnr"], str) else f"{row['psnr']:.3f}"
-        lines.append(f"{label:8s} {psnr_text:>10s} {row['ssim']:8.4f} {row['nmse']:11.4e}")
+        ssim_text = "n/a" if row["ssim"] is None else f"{row['ssim']:.4f}"
+        lines.append(f"{label:8s} {psnr_text:>10s} {ssim_text:>8s} {row['nmse']:11.4e}")
     print("\n".join(lines))
     print(f"({result['shape'][2]} slices; {CONVENTIONS})")
     return 0

@@ -377,7 +377,8 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
 def _describe(row: dict[str, Any]) -> str:
     text = f"{row['stem']}: {row['status']}"
     if row["psnr"] is not None:
-        text += f", PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}"
+        text += f", PSNR {row['psnr']:.2f} dB"
+        text += ", SSIM n/a (slices under 7x7)" if row["ssim"] is None else f", SSIM {row['ssim']:.4f}"
     if row["seconds"] is not None and row["status"] == "done":
         text += f", {row['seconds']:.1f} s"
     return text + (f" -> {row['output']}" if row["output"] else "")
