@@ -15,7 +15,8 @@ INPUT is one of
 For every volume DIR receives ``<stem>_recon.nii.gz`` (float32, the input's affine),
 ``<stem>_report.json``, ``<stem>_report.html`` and with ``--save-latent`` ``<stem>_latent.npz``
 (`medinvert.report.outputs`), plus one ``summary.csv`` for the run (one row per volume: case, stem,
-status, psnr, ssim, nmse, seconds, nfe, output, message).
+status, psnr, ssim, nmse, withheld_error (reference-free, `medinvert.kspace_validation`), seconds,
+nfe, output, message).
 
 Behaviour:
 
@@ -50,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 #: columns of summary.csv
-SUMMARY_COLUMNS: tuple[str, ...] = ("case", "stem", "status", "psnr", "ssim", "nmse", "seconds", "nfe", "output",
-                                    "message")
+SUMMARY_COLUMNS: tuple[str, ...] = ("case", "stem", "status", "psnr", "ssim", "nmse", "withheld_error", "seconds",
+                                    "nfe", "output", "message")
 _OBSERVATION_SUFFIXES = ("_observation.json", "_observation.npz")
 
 
@@ -325,8 +326,10 @@ def _row(job: Job, status: str, output: Path | None, report: dict[str, Any] | No
          message: str = "") -> dict[str, Any]:
     metrics = (report or {}).get("metrics") or {}
     timing = (report or {}).get("timing") or {}
+    validation = (report or {}).get("validation") or {}
     return {"case": job.case, "stem": job.stem, "status": status, "psnr": _number(metrics.get("psnr")),
             "ssim": _number(metrics.get("ssim")), "nmse": _number(metrics.get("nmse")),
+            "withheld_error": _number(validation.get("relative_error_withheld")),
             "seconds": _number(timing.get("seconds")), "nfe": timing.get("nfe"),
             "output": "" if output is None else str(output), "message": message, "index": job.index}
 
@@ -379,6 +382,10 @@ def _describe(row: dict[str, Any]) -> str:
     if row["psnr"] is not None:
         text += f", PSNR {row['psnr']:.2f} dB"
         text += ", SSIM n/a (slices under 7x7)" if row["ssim"] is None else f", SSIM {row['ssim']:.4f}"
+    if row["withheld_error"] is not None:  # reference-free (`medinvert.kspace_validation`); 1 = zero-filled
+        text += f", withheld-line error {row['withheld_error']:.2f}"
+        if row["withheld_error"] >= 1.0:
+            text += " (warning: not better than zero-filling on withheld k-space lines)"
     if row["seconds"] is not None and row["status"] == "done":
         text += f", {row['seconds']:.1f} s"
     return text + (f" -> {row['output']}" if row["output"] else "")

@@ -31,7 +31,7 @@ __all__ = ["SECTION_ORDER", "bound_rows", "render_html_report", "write_html_repo
 
 #: report sections in display order (others follow in the report's own order)
 SECTION_ORDER: tuple[str, ...] = ("input", "settings", "data_consistency", "reproducibility", "lipschitz", "bounds",
-                                  "metrics", "timing", "outputs")
+                                  "validation", "metrics", "timing", "outputs")
 #: lists longer than this are summarised in the tables
 _LIST_LIMIT = 8
 _INPUT_LABELS = {"kspace": "zero-filled |F^H y|", "mask": "masked input", "noise": "noisy input",
@@ -191,6 +191,12 @@ def _summary(report: dict[str, Any]) -> str:
         zf = metrics.get("zero_filled") or {}
         items.append(("PSNR / SSIM (input)", f"{_fmt(zf.get('psnr'))} dB / {_fmt(zf.get('ssim'))}"))
         items.append(("PSNR / SSIM (reconstruction)", f"{_fmt(metrics.get('psnr'))} dB / {_fmt(metrics.get('ssim'))}"))
+    if _get(report, "validation", "applicable"):
+        error = _get(report, "validation", "relative_error_withheld")
+        flag = ' <span class="bad">not better than zero-filling</span>' if _is_number(error) and error >= 1 else ""
+        items.append(("withheld-line error (no reference; zero-filled = 1)",
+                      f"{_fmt(error)}{flag}; estimated NMSE {_fmt(_get(report, 'validation', 'nmse_estimate'))} "
+                      f"(zero-filled {_fmt(_get(report, 'validation', 'nmse_estimate_zero_filled'))})"))
     residual = _get(report, "data_consistency", "relative_residual")
     if residual is not None:
         items.append(("data-consistency residual", _fmt(residual)))

@@ -1,0 +1,124 @@
+"""Withheld-line cross-validation (`medinvert.kspace_validation`): line selection, the error formula
+against oracle / empty reconstructions, the Parseval NMSE estimate, and the report section."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from _recon_helpers import phantom, write_tiny_model
+from medinvert.kspace_validation import kspace_validation, thinned_observation, withheld_lines
+from medinvert.operators import fft2c, ifft2c, volume_to_slices
+from medinvert.transforms import corrupt
+from medinvert.transforms.masks import random_line_mask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _column_mask(width: int = 64, height: int = 48) -> torch.Tensor:
+    return random_line_mask((height, width), 4, 0.08, seed=3).to(torch.bool)
+
+
+def _centre_columns(mask: torch.Tensor) -> set[int]:
+    lines = mask.all(dim=0).numpy()
+    c = lines.shape[0] // 2
+    lo, hi = c, c + 1
+    while lines[lo - 1]:
+        lo -= 1
+    while lines[hi]:
+        hi += 1
+    return set(range(lo, hi))
+
+
+def test_whole_outer_columns_are_withheld_deterministically() -> None:
+    mask = _column_mask()
+    held = withheld_lines(mask, 0.2, seed=7)
+    assert not bool((held & ~mask).any())                          # a subset of the measured samples
+    columns = set(np.flatnonzero(held.any(dim=0).numpy()))
+    assert bool(held[:, sorted(columns)].all())                     # whole columns
+    assert not columns & _centre_columns(mask)                      # never the fully sampled centre
+    outer = set(np.flatnonzero(mask.all(dim=0).numpy())) - _centre_columns(mask)
+    assert len(columns) == max(1, round(0.2 * len(outer)))
+    assert torch.equal(held, withheld_lines(mask, 0.2, seed=7))
+    assert not torch.equal(held, withheld_lines(mask, 0.2, seed=8))
+
+
+def test_row_masks_and_sample_masks() -> None:
+    rows = withheld_lines(_column_mask().T.contiguous(), 0.2, seed=1)
+    assert torch.equal(rows.T, withheld_lines(_column_mask(), 0.2, seed=1))
+    rng = np.random.default_rng(0)
+    scattered = torch.from_numpy(rng.random((40, 40)) < 0.3)
+    scattered[17:24, 17:24] = True                                 # fully sampled centre square, half-width 4
+    held = withheld_lines(scattered, 0.25, seed=0)
+    assert not bool((held & ~scattered).any()) and not bool(held[17:24, 17:24].any())
+    outer = int(scattered.sum()) - 49
+    assert int(held.sum()) == round(0.25 * outer)
+
+
+def test_fewer_than_four_outer_lines_withhold_nothing() -> None:
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[:, 7:10] = True
+    mask[:, [1, 3, 12]] = True                                     # three outer lines: too few
+    assert not bool(withheld_lines(mask).any())
+    mask[:, 14] = True
+    assert int(withheld_lines(mask).any(dim=0).sum()) == 1
+
+
+@pytest.fixture(scope="module")
+def observation():
+    volume = torch.from_numpy(phantom((48, 40, 3), seed=2))
+    return corrupt(volume, "kspace", seed=0, acceleration=4, center_fraction=0.08), volume
+
+
+def test_thinned_observation_is_a_consistent_measurement(observation) -> None:
+    obs, volume = observation
+    withheld = torch.stack([withheld_lines(obs.mask[:, :, k], seed=k) for k in range(3)], dim=-1)
+    thin = thinned_observation(obs, withheld)
+    assert torch.equal(thin.mask, obs.mask & ~withheld) and bool(withheld.any())
+    expected = fft2c(volume_to_slices(volume).to(torch.float64)) * volume_to_slices(thin.mask)
+    assert torch.allclose(thin.y.to(torch.complex128), expected, atol=1e-3 * float(expected.abs().max()))
+    adjoint = ifft2c(thin.y.to(torch.complex128)).real
+    assert torch.allclose(volume_to_slices(thin.adjoint).to(torch.float64), adjoint, atol=1e-5)
+
+
+def test_oracle_and_empty_reconstructions(observation) -> None:
+    obs, volume = observation
+    oracle = kspace_validation(obs, lambda thin, slices: volume, [0, 1, 2])
+    assert oracle["applicable"] and oracle["relative_error_withheld"] < 1e-5 and oracle["nmse_estimate"] < 1e-10
+    empty = kspace_validation(obs, lambda thin, slices: torch.zeros_like(volume), [0, 1, 2])
+    assert empty["relative_error_withheld"] == pytest.approx(1.0)
+    assert empty["nmse_estimate"] == pytest.approx(empty["nmse_estimate_zero_filled"])
+    assert kspace_validation(corrupt(volume, "noise", seed=0, sigma=1.0), lambda t, s: volume, [0])["applicable"] is False
+
+
+def test_nmse_estimate_matches_truth_for_a_flat_spectrum() -> None:
+    """White noise has the same expected energy at every frequency, so withheld lines represent the
+    unmeasured ones and the zero-filled NMSE estimate must match the true zero-filled NMSE."""
+    generator = torch.Generator().manual_seed(0)
+    volume = torch.randn((128, 96, 4), generator=generator)
+    obs = corrupt(volume, "kspace", seed=0, acceleration=4, center_fraction=0.08)
+    truth = float(((obs.y.abs() == 0).to(torch.float64) * fft2c(volume_to_slices(volume).to(torch.float64)).abs() ** 2).sum()
+                  / (volume.to(torch.float64) ** 2).sum())
+    result = kspace_validation(obs, lambda thin, slices: torch.zeros_like(volume), [0, 1, 2, 3])
+    assert result["nmse_estimate_zero_filled"] == pytest.approx(truth, rel=0.15)
+    assert math.isclose(result["nmse_estimate"], result["nmse_estimate_zero_filled"], rel_tol=1e-9)
+
+
+def test_report_has_a_validation_section(tmp_path) -> None:
+    from medinvert.reconstruct import reconstruct_volume
+
+    model = write_tiny_model(tmp_path / "tiny.pt")
+    volume = torch.from_numpy(phantom((32, 28, 4)))
+    result = reconstruct_volume(volume, str(model), corruption="kspace:4", steps=3, batch_size=4, checks="fast",
+                                return_latent=False)
+    section = result.report["validation"]
+    assert section["applicable"] and section["slices"] and section["relative_error_withheld"] > 0
+    assert 0 <= section["nmse_estimate_zero_filled"] < 1
+    again = reconstruct_volume(volume, str(model), corruption="kspace:4", steps=3, batch_size=4, checks="fast",
+                               return_latent=False)
+    assert again.report["validation"] == section                    # deterministic
+    off = reconstruct_volume(volume, str(model), corruption="kspace:4", steps=3, checks="none", return_latent=False)
+    assert off.report["validation"] == {"applicable": False, "reason": "checks disabled"}
