@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medinvert.engine import default_model_name, is_denoising, run_reconstruction, start_noise  # noqa: F401
+from medinvert.engine import default_grid, default_model_name, is_denoising, run_reconstruction, start_noise  # noqa: F401
 from medinvert.errors import MedinvertError
 from medinvert.operators import Observation
 
@@ -284,6 +284,8 @@ def reconstruct_volume(
                      "model_sha256": resolved.reference.get("sha256"), "schedule": resolved.schedule.config,
                      "device": device, "versions": _versions(), "intensity_scale": run.scale,
                      "sigma_start": run.sigmas[0] if run.sigmas else None,
+                     "grid": ("karras from the noise level of the image" if is_denoising(observation)
+                              else "{} from sigma_start".format(default_grid(observation, resolved.schedule)[0])),
                      "start_used": ("the noisy image, at its own noise level (start and spacing do not apply)"
                                     if is_denoising(observation) else start)},
         "data_consistency": {"relative_residual": _relative_residual(observation, volume),

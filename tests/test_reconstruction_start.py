@@ -40,3 +40,22 @@ def test_guess_start_ignores_the_seed_and_noise_start_depends_on_it(problem):
 def test_unknown_start_is_refused(problem):
     with pytest.raises(MedinvertError, match="unknown start"):
         _run(problem, start="zeros")
+
+
+def test_default_grid_per_kind(problem):
+    """k-space: karras from `KSPACE_START_SIGMA` (rho-spaced, decreasing to sigma_min, then 0); other
+    kinds: the trailing grid from sigma_max; an explicit spacing overrides the default."""
+    from medinvert.engine import KSPACE_START_SIGMA, sampling_grid
+
+    resolved, observation = problem
+    schedule = resolved.schedule
+    grid = sampling_grid(observation, schedule, 6)
+    assert float(grid[0]) == pytest.approx(KSPACE_START_SIGMA) and float(grid[-1]) == 0.0
+    assert float(grid[-2]) == pytest.approx(schedule.sigma_min)
+    rho = torch.tensor([float(v) ** (1 / 7) for v in grid[:-1]], dtype=torch.float64)
+    assert torch.allclose(rho[1:] - rho[:-1], (rho[1:] - rho[:-1]).mean().expand(5), rtol=1e-9, atol=0.0)  # eq. 5 spacing
+    masked = corrupt(torch.from_numpy(phantom((24, 20, 2))), "mask", seed=0)
+    assert torch.equal(sampling_grid(masked, schedule, 6), schedule.sigmas(6, "trailing"))
+    assert torch.equal(sampling_grid(observation, schedule, 6, "trailing"), schedule.sigmas(6, "trailing"))
+    run = run_reconstruction(observation, resolved.net, schedule, steps=6, prediction=resolved.prediction)
+    assert run.sigmas == [float(v) for v in grid]
