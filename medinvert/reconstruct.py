@@ -335,6 +335,10 @@ def reconstruct_volume(
                                  reference if isinstance(reference, (str, Path)) else None)
         zero_filled = observation.image()
         has_ssim = ssim_defined(tuple(ref_t.shape))  # None for slices smaller than the 7x7 window
+    if reference is not None and not float(ref_t.max()) > 0:  # fastMRI data range = reference max
+        report["metrics"] = {"psnr": None, "ssim": None, "nmse": None,
+                             "reason": "the reference has no positive voxel, so PSNR / SSIM / NMSE are undefined"}
+    elif reference is not None:
         report["metrics"] = {
             "psnr": psnr(volume, ref_t), "ssim": ssim(volume, ref_t) if has_ssim else None, "nmse": nmse(volume, ref_t),
             "zero_filled": {"psnr": psnr(zero_filled, ref_t), "ssim": ssim(zero_filled, ref_t) if has_ssim else None,
@@ -359,7 +363,7 @@ def _validation(observation: Observation, net: torch.nn.Module, resolved: Any, m
     from medinvert.kspace_validation import kspace_validation
 
     if not check:
-        return {"applicable": False, "reason": "checks disabled"}
+        return {"applicable": False, "reason": "no check slices (checks disabled, or no slice was measured)"}
 
     def reconstruct(thinned: Observation, slices: Any) -> torch.Tensor:
         return run_reconstruction(thinned, net, resolved.schedule, method=method, steps=steps, guidance=guidance,

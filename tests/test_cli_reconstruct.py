@@ -268,3 +268,16 @@ def test_volume_smaller_than_the_ssim_window_reconstructs_without_ssim(capsys, t
     assert _summary(tmp_path / "out")[0]["ssim"] == ""
     code, stdout, _ = _run(capsys, "evaluate", tmp_path / "out" / "tiny_t1_recon.nii.gz", tmp_path / "tiny_t1.nii.gz")
     assert code == 0 and "n/a" in stdout
+
+
+def test_all_zero_volume_reconstructs_and_says_why_it_has_no_metrics(capsys, tmp_path, model):
+    nib.save(nib.Nifti1Image(np.zeros((16, 12, 2), np.float32), np.eye(4)), tmp_path / "blank_t1.nii.gz")
+    code, _, stderr = _run(capsys, "reconstruct", tmp_path / "blank_t1.nii.gz", "--corruption", "kspace:4",
+                           "--model", model, "--out", tmp_path / "out", *FAST)
+    assert code == 0, stderr
+    recon = nib.load(tmp_path / "out" / "blank_t1_recon.nii.gz").get_fdata()
+    assert not recon.any()                                          # nothing measured: zeros, no network call
+    metrics = json.loads((tmp_path / "out" / "blank_t1_report.json").read_text())["metrics"]
+    assert metrics["psnr"] is None and "no positive voxel" in metrics["reason"]
+    code, _, stderr = _run(capsys, "evaluate", tmp_path / "out" / "blank_t1_recon.nii.gz", tmp_path / "blank_t1.nii.gz")
+    assert code == 2 and "blank_t1.nii.gz" in stderr and "no positive voxel" in stderr and len(stderr.strip().splitlines()) == 1

@@ -121,4 +121,4 @@ def test_report_has_a_validation_section(tmp_path) -> None:
                                return_latent=False)
     assert again.report["validation"] == section                    # deterministic
     off = reconstruct_volume(volume, str(model), corruption="kspace:4", steps=3, checks="none", return_latent=False)
-    assert off.report["validation"] == {"applicable": False, "reason": "checks disabled"}
+    assert off.report["validation"]["applicable"] is False and "checks disabled" in off.report["validation"]["reason"]

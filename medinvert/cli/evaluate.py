@@ -77,12 +77,18 @@ def _affines_differ(a: Any, b: Any) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from medinvert.errors import MedinvertError
     from medinvert.io import load_volume
     from medinvert.report import json_safe, report_json_text
 
     recon = load_volume(args.recon)
     reference = load_volume(args.reference)
     mask = load_volume(args.mask) if args.mask is not None else None
+    if not float(np.max(np.asarray(reference))) > 0:
+        raise MedinvertError("has no positive voxel, so the fastMRI data range (its maximum) is undefined",
+                             path=args.reference)
     for other, path in ((reference, args.reference), (mask, args.mask)):
         if other is not None and tuple(other.shape) == tuple(recon.shape) and _affines_differ(recon, other):
             print(f"medinvert evaluate: warning: {path} has a different affine than {args.recon} (compared voxel "
