@@ -76,13 +76,30 @@ def _centre_square(mask: np.ndarray) -> int:
     return r
 
 
+def _mirror(i: np.ndarray, n: int) -> np.ndarray:
+    """Index of frequency ``-f`` for centred index ``i`` along an axis of length ``n`` (as `engine._mirror`)."""
+    return (2 * (n // 2) - i) % n
+
+
+def _draw_groups(groups: list[np.ndarray], fraction: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """``max(1, round(fraction * len(groups)))`` of ``groups`` (none below `MIN_CANDIDATES`)."""
+    if len(groups) < MIN_CANDIDATES:
+        return []
+    chosen = rng.choice(len(groups), size=max(1, round(fraction * len(groups))), replace=False)
+    return [groups[int(c)] for c in sorted(chosen)]
+
+
 def withheld_lines(mask: torch.Tensor, fraction: float = WITHHELD_FRACTION, seed: int = 0) -> torch.Tensor:
     """Which measured samples of one slice to withhold (step 1): bool ``(X, Y)``, a subset of ``mask``.
 
     ``mask`` bool ``(X, Y)``.  If every column (axis 1) is measured entirely or not at all, whole
-    columns are withheld, and likewise for rows; otherwise individual samples.  Centre excluded,
-    ``max(1, round(fraction * n))`` of the ``n`` candidates drawn with ``numpy.random.default_rng(seed)``;
-    none when fewer than `MIN_CANDIDATES` exist (a handful of lines says nothing about the rest).
+    columns are withheld, and likewise for rows; otherwise individual samples.  A real image has
+    Hermitian k-space (``X(-f) = conj X(f)``), and the reconstruction enforces it, so a withheld line
+    whose mirror stays measured would be "predicted" exactly from that mirror: lines (samples) are
+    therefore withheld together with their measured mirror, as one group.  Groups touching the fully
+    sampled centre are never withheld.  ``max(1, round(fraction * n))`` of the ``n`` groups are drawn
+    with ``numpy.random.default_rng(seed)``; none when ``n < MIN_CANDIDATES`` (a handful of lines says
+    nothing about the rest).
     """
     m = mask.numpy().astype(bool)
     out = np.zeros_like(m)
@@ -90,24 +107,33 @@ def withheld_lines(mask: torch.Tensor, fraction: float = WITHHELD_FRACTION, seed
     for axis in (1, 0):  # column lines (the masks `medinvert corrupt` draws), then row lines
         lines = m.all(axis=1 - axis)
         if np.array_equal(m.any(axis=1 - axis), lines) and lines.any():
+            n = lines.shape[0]
             lo, hi = _centre_run(lines)
-            candidates = np.array([i for i in np.flatnonzero(lines) if not lo <= i < hi], dtype=np.int64)
-            if candidates.size >= MIN_CANDIDATES:
-                chosen = rng.choice(candidates, size=max(1, round(fraction * candidates.size)), replace=False)
+            groups: dict[tuple[int, ...], np.ndarray] = {}
+            for i in np.flatnonzero(lines):
+                members = np.unique([i, _mirror(np.int64(i), n)])
+                members = members[lines[members]]
+                if not any(lo <= k < hi for k in members):
+                    groups[tuple(int(k) for k in members)] = members
+            for members in _draw_groups(list(groups.values()), fraction, rng):
                 if axis == 1:
-                    out[:, chosen] = True
+                    out[:, members] = True
                 else:
-                    out[chosen, :] = True
+                    out[members, :] = True
             return torch.from_numpy(out)
+    h, w = m.shape
     r = _centre_square(m)
     outer = m.copy()
-    h, w = m.shape
     if r:
         outer[h // 2 - r + 1:h // 2 + r, w // 2 - r + 1:w // 2 + r] = False
-    candidates = np.flatnonzero(outer)
-    if candidates.size >= MIN_CANDIDATES:
-        chosen = rng.choice(candidates, size=max(1, round(fraction * candidates.size)), replace=False)
-        out.reshape(-1)[chosen] = True
+    rows, cols = np.nonzero(outer)
+    mirror_rows, mirror_cols = _mirror(rows, h), _mirror(cols, w)
+    # one group per sample and its mirror (kept only when the mirror is unmeasured or also outer)
+    usable = outer[mirror_rows, mirror_cols] | ~m[mirror_rows, mirror_cols]
+    flat, mirror_flat = rows * w + cols, mirror_rows * w + mirror_cols
+    keyed = {min(a, b): np.unique([a, b]) for a, b, ok in zip(flat.tolist(), mirror_flat.tolist(), usable) if ok}
+    for members in _draw_groups([keyed[k] for k in sorted(keyed)], fraction, rng):
+        out.reshape(-1)[members[m.reshape(-1)[members]]] = True
     return torch.from_numpy(out)
 
 

@@ -40,8 +40,12 @@ def test_whole_outer_columns_are_withheld_deterministically() -> None:
     columns = set(np.flatnonzero(held.any(dim=0).numpy()))
     assert bool(held[:, sorted(columns)].all())                     # whole columns
     assert not columns & _centre_columns(mask)                      # never the fully sampled centre
-    outer = set(np.flatnonzero(mask.all(dim=0).numpy())) - _centre_columns(mask)
-    assert len(columns) == max(1, round(0.2 * len(outer)))
+    measured = set(np.flatnonzero(mask.all(dim=0).numpy()))
+    mirror = {c: (2 * (64 // 2) - c) % 64 for c in range(64)}
+    assert all(mirror[c] in columns for c in columns if mirror[c] in measured)  # closed under f -> -f
+    groups = {frozenset({c, mirror[c]} & measured) for c in measured - _centre_columns(mask)
+              if not ({c, mirror[c]} & _centre_columns(mask))}
+    assert sum(1 for g in groups if g <= columns) == max(1, round(0.2 * len(groups)))
     assert torch.equal(held, withheld_lines(mask, 0.2, seed=7))
     assert not torch.equal(held, withheld_lines(mask, 0.2, seed=8))
 
@@ -54,8 +58,9 @@ def test_row_masks_and_sample_masks() -> None:
     scattered[17:24, 17:24] = True                                 # fully sampled centre square, half-width 4
     held = withheld_lines(scattered, 0.25, seed=0)
     assert not bool((held & ~scattered).any()) and not bool(held[17:24, 17:24].any())
-    outer = int(scattered.sum()) - 49
-    assert int(held.sum()) == round(0.25 * outer)
+    rows, cols = np.nonzero(held.numpy())
+    assert bool(held[(40 - rows) % 40, (40 - cols) % 40][scattered[(40 - rows) % 40, (40 - cols) % 40]].all())
+    assert 0 < int(held.sum()) <= 2 * round(0.25 * (int(scattered.sum()) - 49))
 
 
 def test_fewer_than_four_outer_lines_withhold_nothing() -> None:
@@ -82,6 +87,18 @@ def test_thinned_observation_is_a_consistent_measurement(observation) -> None:
     assert torch.allclose(thin.y.to(torch.complex128), expected, atol=1e-3 * float(expected.abs().max()))
     adjoint = ifft2c(thin.y.to(torch.complex128)).real
     assert torch.allclose(volume_to_slices(thin.adjoint).to(torch.float64), adjoint, atol=1e-5)
+
+
+def test_hermitian_mirror_cannot_leak_the_answer(observation) -> None:
+    """The real part of the thinned zero-filled image has k-space ``(y'(f) + conj y'(-f)) / 2``: zero on
+    the withheld lines only if their measured mirrors are withheld too -- then its error is exactly 1."""
+    obs, volume = observation
+
+    def real_zero_filled(thin, slices):
+        return thin.adjoint
+
+    result = kspace_validation(obs, real_zero_filled, [0, 1, 2])
+    assert result["applicable"] and result["relative_error_withheld"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_oracle_and_empty_reconstructions(observation) -> None:
