@@ -7,10 +7,11 @@ Algorithm (per batch of axial slices; no per-sample optimisation):
 2. Condition: descriptor ``c`` of the corruption and the adjoint image ``A^H y / s`` as an extra input
    channel (as in training, `medinvert.train.loop`); a 2.5D network also gets the adjoint images of
    its ``k`` neighbouring slices on each side (`medinvert.models.slab`).
-3. Grid (`default_grid`): for undersampled k-space a karras grid (Karras et al. 2022, eq. 5) from
-   ``sigma_0 = 10`` (normalised units, `KSPACE_START_SIGMA`), which at 20 steps beats the trailing grid
-   from ``sigma_max`` by 0.3-0.5 dB on training slices and 0.2-0.6 dB on held-out and unseen volumes
-   (at 10 steps it is 0.1-0.2 dB worse; docs/benchmarks.md); for the other kinds the trailing grid.
+3. Grid (`default_grid`): for undersampled k-space at 20 steps or more a karras grid (Karras et al.
+   2022, eq. 5) from ``sigma_0 = 10`` (normalised units, `KSPACE_START_SIGMA`), which at 20 steps beats
+   the trailing grid from ``sigma_max`` by 0.3-0.5 dB on training slices and 0.2-0.6 dB on held-out and
+   unseen volumes; below 20 steps, and for the other kinds, the trailing grid (at 10 steps the
+   bit-exact integrator loses to DDIM on karras grids; docs/benchmarks.md).
    Deterministic start at the top of the grid ``sigma_0``, in DDIM-ODE coordinates (``start=``):
    ``"guess"`` (default): ``xbar_0 = A^H y / s`` -- the noise-free point of the guess.  The first
    prediction is then the network's estimate of ``E[x0 | A^H y]`` and the probability-flow ODE
@@ -76,7 +77,7 @@ from medinvert.solvers.fixed_point import choose_frac_bits
 __all__ = ["DataConsistentDenoiser", "SliceProblem", "ReconstructionRun", "run_reconstruction", "slice_problem",
            "dc_weight", "noise_std", "schedule_of", "default_model_name", "start_noise", "final_projection",
            "reconstruction_frac_bits", "denoising_start_sigma", "is_denoising",
-           "sampling_grid", "default_grid", "KSPACE_START_SIGMA"]
+           "sampling_grid", "default_grid", "KSPACE_START_SIGMA", "KSPACE_KARRAS_MIN_STEPS"]
 
 
 #: deterministic starts of the sampler (module docstring, step 3)
@@ -86,6 +87,9 @@ STARTS: tuple[str, ...] = ("guess", "noise")
 #: slices of the sample data at 20 steps: karras from 5 / 10 / 20 / sigma_max(trailing) gave 33.41 /
 #: 33.42 / 33.28 / 32.94 dB at 4x and 30.24 / 30.32 / 30.29 / 30.01 dB at 8x (docs/benchmarks.md)
 KSPACE_START_SIGMA = 10.0
+#: fewest steps that get the karras grid: at 10 steps the bit-exact integrator (BDIA) loses 0.6-0.9 dB
+#: to DDIM on karras grids of any rho (2..7), and 0.1 dB to its own trailing-grid result (training slices)
+KSPACE_KARRAS_MIN_STEPS = 20
 
 #: fixed-point grid of ``exact`` reconstructions: 2^-48 resolution, |x| < 2^13 range in normalised
 #: units -- room for a poorly trained network's excursions far from the data range
@@ -117,13 +121,15 @@ def is_denoising(observation: Observation) -> bool:
     return observation.kind == "noise" and noise_std(observation) > 0.0
 
 
-def default_grid(observation: Observation, schedule: Schedule) -> tuple[str, float | None]:
+def default_grid(observation: Observation, schedule: Schedule, steps: int) -> tuple[str, float | None]:
     """``(spacing, start_sigma)`` of the default sampling grid for ``observation`` (module step 3).
 
-    Undersampled k-space: a karras grid (rho 7) from `KSPACE_START_SIGMA` (clamped into the schedule),
-    which spends the steps where the prediction still changes the image; other kinds: trailing.
+    Undersampled k-space with at least `KSPACE_KARRAS_MIN_STEPS` steps: a karras grid (rho 7) from
+    `KSPACE_START_SIGMA` (clamped into the schedule), which spends the steps where the prediction still
+    changes the image; otherwise trailing.
     """
-    if observation.kind == "kspace" and schedule.sigma_min < KSPACE_START_SIGMA:
+    if (observation.kind == "kspace" and steps >= KSPACE_KARRAS_MIN_STEPS
+            and schedule.sigma_min < KSPACE_START_SIGMA):
         return "karras", min(KSPACE_START_SIGMA, schedule.sigma_max)
     return "trailing", None
 
@@ -137,7 +143,7 @@ def sampling_grid(observation: Observation, schedule: Schedule, steps: int, spac
         sigma_y = noise_std(observation) / robust_scale(observation.adjoint)
         return schedule.sigmas(steps, "karras", start=denoising_start_sigma(schedule, sigma_y))
     if spacing is None:
-        spacing, start_sigma = default_grid(observation, schedule)
+        spacing, start_sigma = default_grid(observation, schedule, steps)
     return schedule.sigmas(steps, spacing, start=start_sigma)
 
 

@@ -42,10 +42,13 @@ def test_unknown_start_is_refused(problem):
         _run(problem, start="zeros")
 
 
-def test_default_grid_per_kind(problem):
+def test_default_grid_per_kind(problem, monkeypatch):
     """k-space: karras from `KSPACE_START_SIGMA` (rho-spaced, decreasing to sigma_min, then 0); other
-    kinds: the trailing grid from sigma_max; an explicit spacing overrides the default."""
+    kinds and fewer steps: the trailing grid from sigma_max; an explicit spacing overrides the default."""
+    import medinvert.engine as engine
     from medinvert.engine import KSPACE_START_SIGMA, sampling_grid
+
+    monkeypatch.setattr(engine, "KSPACE_KARRAS_MIN_STEPS", 6)   # the rule, at test sizes
 
     resolved, observation = problem
     schedule = resolved.schedule
@@ -57,5 +60,6 @@ def test_default_grid_per_kind(problem):
     masked = corrupt(torch.from_numpy(phantom((24, 20, 2))), "mask", seed=0)
     assert torch.equal(sampling_grid(masked, schedule, 6), schedule.sigmas(6, "trailing"))
     assert torch.equal(sampling_grid(observation, schedule, 6, "trailing"), schedule.sigmas(6, "trailing"))
+    assert torch.equal(sampling_grid(observation, schedule, 5), schedule.sigmas(5, "trailing"))  # too few steps
     run = run_reconstruction(observation, resolved.net, schedule, steps=6, prediction=resolved.prediction)
     assert run.sigmas == [float(v) for v in grid]

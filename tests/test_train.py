@@ -141,3 +141,28 @@ def test_lineage_stops_at_a_loop_and_at_an_unreadable_init(tmp_path: Path, monke
     Path("broken.pt").write_bytes(b"not a checkpoint")
     save_checkpoint("c.pt", net, {"training": {"completed_steps": 1, "init": "broken.pt"}})
     assert [run["checkpoint"] for run in training_lineage("c.pt")] == ["c.pt"]
+
+
+def test_extra_crops_cycle_per_step_and_resume_exactly(tiny_data: Path, tmp_path: Path) -> None:
+    """Sizes cycle step by step (every sample of a step shares one, whatever its position), the samples
+    of one size equal those of a single-size stream at the same index, and a resumed mixed-size run
+    repeats the uninterrupted one."""
+    volumes, _ = load_training_volumes(tiny_data, "t1")
+    mixed = SliceSamples(volumes, 12, seed=5, crop=32, extra_crops=(16,), samples_per_step=4)
+    sizes = [tuple(mixed[i]["x0"].shape[-2:]) for i in range(12)]
+    assert sizes == [(32, 32)] * 4 + [(16, 16)] * 4 + [(32, 32)] * 4
+    plain = SliceSamples(volumes, 12, seed=5, crop=32)
+    assert torch.equal(mixed[9]["x0"], plain[9]["x0"])
+    later = SliceSamples(volumes, 4, seed=5, crop=32, extra_crops=(16,), samples_per_step=4, first_index=4)
+    assert torch.equal(later[0]["x0"], mixed[4]["x0"])
+    straight = train(_config(tiny_data, tmp_path / "a.pt", 4, extra_crops=(16,)), SINGLE, progress=False)
+    train(_config(tiny_data, tmp_path / "b.pt", 3, extra_crops=(16,)), SINGLE, progress=False)
+    resumed = train(_config(tiny_data, tmp_path / "b.pt", 4, extra_crops=(16,)), SINGLE, resume=True, progress=False)
+    a, b = read_checkpoint(straight), read_checkpoint(resumed)
+    assert a["config"]["training"]["extra_crops"] == [16]
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    with pytest.raises(MedinvertError, match="crops >= 16"):
+        _config(tiny_data, tmp_path / "c.pt", 2, extra_crops=(8,)).validate()
+    with pytest.raises(MedinvertError, match="extra-crops"):
+        _config(tiny_data, tmp_path / "c.pt", 2, extra_crops=(16,), dim="3d").validate()

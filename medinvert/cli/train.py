@@ -28,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--warmup", type=int, default=100, help="learning-rate warm-up steps")
     p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--crop", type=int, default=96, help="training crop size (pixels)")
+    p.add_argument("--extra-crops", type=int, nargs="+", default=(), metavar="SIZE",
+                   help="2d / 2.5d: further crop sizes; optimisation steps cycle through --crop and these "
+                        "(e.g. --crop 96 --extra-crops 48: small matrices, as in small or low-resolution scans)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--channels", default=None,
                    help="feature channels per UNet level, comma separated (default 32,64,128)")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         architecture["neighbours"] = 2 if args.neighbours is None else args.neighbours
     extra = {} if args.prediction is None else {"prediction": args.prediction}
     config = TrainConfig(architecture=architecture, data=args.data, modality=args.modality, out=args.out, steps=args.steps, dim=args.dim,
-                         batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                         batch_size=args.batch_size, crop=args.crop, extra_crops=tuple(args.extra_crops), lr=args.lr,
                          lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,
                          seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup, depth=args.depth,
                          **extra)

@@ -9,7 +9,9 @@ samples an uninterrupted one would have seen):
    `CacheDataset` and divided by their `robust_scale`.
 2. `SliceSamples[index]`: pick a volume and an axial slice with brain in it, augment with MONAI
    array transforms (flip, affine with rotation/zoom/shear, elastic deformation, bias field, gamma
-   contrast, histogram shift, smoothing, intensity scale), crop/pad to ``crop x crop``, draw a random
+   contrast, histogram shift, smoothing, intensity scale), crop/pad to ``crop x crop`` (with several
+   crop sizes, the size cycles from one optimisation step to the next, so a batch shares one size
+   and small matrices -- a 33 x 41 scan has a 3-line k-space centre at 4x -- are trained on), draw a random
    corruption (k-space at accelerations 2..12 with random / equispaced / variable-density masks,
    inpainting masks, Gaussian / Rician noise, Gaussian / motion blur) with `medinvert.corrupt`, and
    re-normalise clean image and adjoint by the *adjoint's* robust scale (what inference can see).
@@ -175,18 +177,28 @@ class SliceSamples(_SampleStream):
     """
 
     def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 96,
-                 first_index: int = 0, neighbours: int = 0) -> None:
+                 first_index: int = 0, neighbours: int = 0, extra_crops: tuple[int, ...] = (),
+                 samples_per_step: int = 1) -> None:
         super().__init__(volumes, length, seed, crop, first_index)
         self.neighbours = int(neighbours)
-        self.augment = _augmentations(self.crop)
+        self.crops = (self.crop, *(int(c) for c in extra_crops))
+        self.samples_per_step = max(1, int(samples_per_step))
+        self.augments = {size: _augmentations(size) for size in self.crops}
+
+    def crop_of(self, index: int) -> int:
+        """Crop size of sample ``index``: ``crops[step % len(crops)]``, ``step`` = its optimisation step
+        (``(first_index + index) // samples_per_step``), so every batch of a step shares one size."""
+        step = (self.first_index + int(index)) // self.samples_per_step
+        return self.crops[step % len(self.crops)]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
         rng, volume, z = self._draw(index)
         slab = spatial_slab(z, self.neighbours, volume.shape[2])              # z-k .. z+k, spatial order
         image = volume[:, :, slab].permute(2, 0, 1).float()                   # (S, X, Y), S = 2k + 1
-        self.augment.set_random_state(seed=int(rng.integers(2**31)))
+        augment = self.augments[self.crop_of(index)]
+        augment.set_random_state(seed=int(rng.integers(2**31)))
         with _plain_tensors():  # spatial transforms move all S slices together
-            clean = torch.as_tensor(self.augment(image)).float().clamp_min(0.0)  # (S, crop, crop)
+            clean = torch.as_tensor(augment(image)).float().clamp_min(0.0)  # (S, crop, crop)
         # corrupted as the small volume it is (a box or blob mask spans neighbouring slices), then
         # reordered centre first, as the network takes it (`medinvert.models.slab`)
         observation = self._corrupted(clean.permute(1, 2, 0), rng)

@@ -30,7 +30,7 @@ from medinvert.models.lipschitz import lipschitz_empirical, lipschitz_upper_boun
 __all__ = ["export_for_inference", "lipschitz_summary", "training_lineage"]
 
 #: what a lineage entry keeps of a run's ``training`` config
-LINEAGE_KEYS: tuple[str, ...] = ("modality", "dim", "crop", "batch_size", "lr", "seed", "prediction",
+LINEAGE_KEYS: tuple[str, ...] = ("modality", "dim", "crop", "extra_crops", "batch_size", "lr", "seed", "prediction",
                                  "completed_steps", "seconds", "final_loss", "world_size", "init")
 
 

@@ -81,6 +81,7 @@ class TrainConfig:
     dim: str = "2d"
     batch_size: int = 16
     crop: int = 96
+    extra_crops: tuple[int, ...] = ()  # 2D / 2.5D: further crop sizes, cycled step by step (`SliceSamples`)
     depth: int = 16
     lr: float = 5e-4
     weight_decay: float = 1e-4
@@ -101,8 +102,11 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1:
             raise MedinvertError(f"--steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1 or self.crop < 16:
-            raise MedinvertError(f"batch size must be >= 1 and crop >= 16 (got {self.batch_size}, {self.crop})")
+        if self.batch_size < 1 or min(self.crop, *self.extra_crops) < 16:
+            raise MedinvertError(f"batch size must be >= 1 and crops >= 16 (got {self.batch_size}, "
+                                 f"{', '.join(str(c) for c in (self.crop, *self.extra_crops))})")
+        if self.extra_crops and self.dim == "3d":
+            raise MedinvertError("--extra-crops applies to 2d / 2.5d training (3d patches have one size)")
         if self.modality not in (*TRAINABLE_MODALITIES, "all"):
             raise MedinvertError(f"unknown modality {self.modality!r}; valid: {', '.join(TRAINABLE_MODALITIES)}, all")
         if self.prediction not in TRAINABLE_PREDICTIONS:
@@ -326,7 +330,8 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
                                         depth=config.depth, first_index=start_step * per_step)
     else:
         dataset = SliceSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
-                               first_index=start_step * per_step, neighbours=int(model.config["neighbours"]))
+                               first_index=start_step * per_step, neighbours=int(model.config["neighbours"]),
+                               extra_crops=tuple(config.extra_crops), samples_per_step=per_step)
     sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False,
                                  drop_last=True)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=0)
