@@ -15,11 +15,14 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
    adjoints; for ``2d`` the same steps simply continue the base (the control of the comparison in
    docs/models.md);
 4. a short fine-tune of that model for each modality;
-5. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
+5. ``--small-steps`` more per modality with the crop size alternating between 96 and 48 pixels
+   (``--extra-crops 48``): small matrices have only a few fully sampled k-space lines, and without
+   this stage the models fall below zero-filling on small scans (docs/models.md, session 4);
+6. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
         [--long-steps 10000] [--context-steps 1500] [--dim 2d] [--nproc 2] [--finetune-steps 300]
-        [--install]  # --install copies into the package
+        [--small-steps 800] [--install]  # --install copies into the package
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--dim", default="2d", choices=["2d", "2.5d"],
                         help="dimensionality of the models (2d shipped: 2.5d brought nothing, docs/models.md)")
     parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--small-steps", type=int, default=800,
+                        help="steps of the small-matrix stage (crops 96 and 48 alternating; 0 skips it)")
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -91,6 +96,13 @@ def main() -> None:
             run(["train", args.data, "--modality", modality, "--init", str(context), "--steps", str(args.finetune_steps),
                  "--lr", "1e-4", "--warmup", "20", "--seed", str(1 + MODALITIES.index(modality)),
                  "--out", str(tuned), *shape, *COMMON, "--crop", "96"])
+        if args.small_steps > 0:
+            small = work / f"{modality}_{args.dim}_small.pt"
+            if not small.exists():
+                run(["train", args.data, "--modality", modality, "--init", str(tuned), "--steps", str(args.small_steps),
+                     "--lr", "1e-4", "--warmup", "20", "--seed", str(11 + MODALITIES.index(modality)),
+                     "--out", str(small), *shape, *COMMON, "--crop", "96", "--extra-crops", "48"])
+            tuned = small
         exported = export_for_inference(tuned, work / f"{modality}_{args.dim}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
         if args.install:

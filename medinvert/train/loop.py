@@ -102,7 +102,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps < 1:
             raise MedinvertError(f"--steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1 or min(self.crop, *self.extra_crops) < 16:
+        if self.batch_size < 1 or min((self.crop, *self.extra_crops)) < 16:
             raise MedinvertError(f"batch size must be >= 1 and crops >= 16 (got {self.batch_size}, "
                                  f"{', '.join(str(c) for c in (self.crop, *self.extra_crops))})")
         if self.extra_crops and self.dim == "3d":
