@@ -38,7 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="medinvert-compare-"))
+    with tempfile.TemporaryDirectory(prefix="medinvert-compare-") as work:
+        return _run(args, Path(work))
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     volumes = {"held-out": (recon_bench.HELDOUT_FILE, recon_bench.evaluation_slices(8))}
     volumes.update({label.split(" ")[0]: (path, None) for label, path in zero_shot.nibabel_volumes(work).items()})
     header = [f"{name} {a}x" for name in volumes for a in recon_bench.SETTINGS]

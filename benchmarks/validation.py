@@ -1,8 +1,9 @@
 """How good is the report's reference-free error estimate?  (`medinvert.kspace_validation`)
 
 For each volume and acceleration: corrupt (random Cartesian lines, seed 0), reconstruct the evaluation
-slices with the engine's defaults (``exact``, ``--steps``), then run the withheld-line validation on
-the same slices exactly as the report does, and print side by side
+slices with the engine's defaults (``exact``, ``--steps``), then run the report's withheld-line
+validation (`kspace_validation`, same sampler) on those slices -- all of them, where the report uses
+its check batch -- and print side by side
 
 - the relative error on the withheld lines (zero-filled = 1),
 - the estimated and the true NMSE of the reconstruction (true: against the clean volume),
@@ -52,8 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=8, help="evaluation slices of the held-out case")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="medinvert-validation-") as work:
+        return _run(args, Path(work))
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     resolved = resolve_network(args.model)
-    work = Path(tempfile.mkdtemp(prefix="medinvert-validation-"))
     volumes = {"held-out t1n": (recon_bench.HELDOUT_FILE, recon_bench.evaluation_slices(args.slices))}
     for label, path in zero_shot.nibabel_volumes(work).items():
         volumes[label] = (path, None)

@@ -48,7 +48,9 @@ def main() -> int:
         result = evaluate_volumes(load_volume(recon_path), reference, mask)
         masked = result["masked"] or {}
         rows.append({"stem": stem, **result["volume"], **{f"masked_{k}": masked.get(k) for k in ("psnr", "ssim", "nmse")}})
-        print(f"{stem}: PSNR {result['volume']['psnr']:.2f} dB, SSIM {result['volume']['ssim']:.4f}", flush=True)
+        ssim_value = result["volume"]["ssim"]  # None for slices under the 7x7 window
+        ssim_text = "n/a" if ssim_value is None else f"{ssim_value:.4f}"
+        print(f"{stem}: PSNR {result['volume']['psnr']:.2f} dB, SSIM {ssim_text}", flush=True)
     if not rows:
         print(f"no *_recon.nii.gz with a matching reference in {args.recon_dir}", file=sys.stderr)
         return 2

@@ -57,10 +57,23 @@ def test_row_masks_and_sample_masks() -> None:
     scattered = torch.from_numpy(rng.random((40, 40)) < 0.3)
     scattered[17:24, 17:24] = True                                 # fully sampled centre square, half-width 4
     held = withheld_lines(scattered, 0.25, seed=0)
-    assert not bool((held & ~scattered).any()) and not bool(held[17:24, 17:24].any())
+    distance = np.hypot(*np.meshgrid(np.arange(40) - 20, np.arange(40) - 20, indexing="ij"))
+    disc = distance < distance[~scattered.numpy()].min()          # the fully sampled centred disc
+    assert disc.sum() >= 29 and not bool((held & ~scattered).any()) and not held.numpy()[disc].any()
     rows, cols = np.nonzero(held.numpy())
     assert bool(held[(40 - rows) % 40, (40 - cols) % 40][scattered[(40 - rows) % 40, (40 - cols) % 40]].all())
-    assert 0 < int(held.sum()) <= 2 * round(0.25 * (int(scattered.sum()) - 49))
+    assert 0 < int(held.sum()) <= 2 * round(0.25 * (int(scattered.sum()) - int(disc.sum())))
+    assert torch.equal(withheld_lines(scattered.T.contiguous().T, 0.25, seed=0), held)  # memory layout does not matter
+
+
+def test_scattered_masks_report_the_error_but_no_nmse_estimate(observation) -> None:
+    """Variable-density masks sample low frequencies densely, so withheld samples do not represent the
+    unmeasured ones: the error is reported, the Parseval NMSE estimate is not."""
+    _, volume = observation
+    dense = corrupt(volume, "kspace", seed=0, acceleration=3, center_fraction=0.1, pattern="variable-density")
+    result = kspace_validation(dense, lambda thin, slices: torch.zeros_like(volume), [0, 1, 2])
+    assert result["applicable"] and result["relative_error_withheld"] == pytest.approx(1.0)
+    assert result["nmse_estimate"] is None and "whole lines" in result["nmse_estimate_reason"]
 
 
 def test_fewer_than_four_outer_lines_withhold_nothing() -> None:

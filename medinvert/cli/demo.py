@@ -54,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-space mask and start noise (default 0)")
     parser.add_argument("--checks", default="fast", choices=("fast", "full", "none"),
-                        help="reproducibility / round-trip / sensitivity checks (default fast)")
+                        help="reproducibility / round-trip / sensitivity / withheld-line checks (default fast)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default MEDINVERT_THREADS or 2)")
     return parser
 

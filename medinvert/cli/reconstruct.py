@@ -108,7 +108,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="seed of the simulated corruption and of the start noise, combined with each volume's "
                              "name (default 0)")
     parser.add_argument("--checks", default="fast", choices=("fast", "full", "none"),
-                        help="reproducibility / round-trip / sensitivity checks on one batch of slices (fast, "
+                        help="reproducibility / round-trip / sensitivity / withheld-line checks on one batch of slices (fast, "
                              "default), on the whole volume (full) or none")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default MEDINVERT_THREADS or 2); results are bit-reproducible for "

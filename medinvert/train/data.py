@@ -178,11 +178,13 @@ class SliceSamples(_SampleStream):
 
     def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 96,
                  first_index: int = 0, neighbours: int = 0, extra_crops: tuple[int, ...] = (),
-                 samples_per_step: int = 1) -> None:
+                 samples_per_step: int | None = None) -> None:
         super().__init__(volumes, length, seed, crop, first_index)
+        if extra_crops and (samples_per_step is None or samples_per_step < 1):
+            raise ValueError("extra_crops needs samples_per_step (batch size x processes), so a batch shares one size")
         self.neighbours = int(neighbours)
         self.crops = (self.crop, *(int(c) for c in extra_crops))
-        self.samples_per_step = max(1, int(samples_per_step))
+        self.samples_per_step = int(samples_per_step or 1)
         self.augments = {size: _augmentations(size) for size in self.crops}
 
     def crop_of(self, index: int) -> int:

@@ -313,6 +313,10 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
         payload = read_checkpoint(out)
         if payload["config"].get("architecture") != model.config:
             raise MedinvertError("cannot resume: checkpoint architecture differs from this run's", out)
+        recorded = payload["config"].get("training", {})
+        if (recorded.get("crop", config.crop), tuple(recorded.get("extra_crops", ()))) != (config.crop, tuple(config.extra_crops)):
+            raise MedinvertError("cannot resume: --crop / --extra-crops differ from the run being resumed "
+                                 "(the samples would not repeat an uninterrupted run)", out)
         model.load_state_dict(payload["state_dict"])
         ema = {k: v.clone() for k, v in payload.get("ema_state", payload["state_dict"]).items()}
         if "optimizer_state" in payload:
