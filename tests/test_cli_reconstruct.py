@@ -236,6 +236,9 @@ def test_demo_on_a_thin_slab(capsys, tmp_path, model):
     report = json.loads((tmp_path / "demo" / f"{stem}_report.json").read_text())
     assert report["input"]["params"]["acceleration"] == 4 and report["input"]["params"]["center_fraction"] == 0.08
     assert report["metrics"]["zero_filled"]["psnr"] > 0
+    code, stdout, stderr = _run(capsys, "demo", "--out", tmp_path / "checked", "--model", model, "--slices", "70:71",
+                                "--steps", "2")                 # default checks: the reference-free estimate is shown
+    assert code == 0 and "withheld-line error" in stdout, stderr
     code, _, stderr = _run(capsys, "demo", "--out", tmp_path / "demo2", "--slices", "9:3")
     assert code == 2 and "--slices" in stderr
 

@@ -146,6 +146,10 @@ def run(args: argparse.Namespace) -> int:
     zero = metrics.get("zero_filled", {})
     print(f"zero-filled     PSNR {_fmt(zero.get('psnr'), 2)} dB  SSIM {_fmt(zero.get('ssim'), 4)}")
     print(f"reconstruction  PSNR {_fmt(metrics.get('psnr'), 2)} dB  SSIM {_fmt(metrics.get('ssim'), 4)}")
+    validation = result.report.get("validation") or {}
+    if validation.get("applicable"):
+        print(f"withheld-line error {_fmt(validation.get('relative_error_withheld'), 3)} (no reference needed; "
+              f"zero-filling = 1), estimated NMSE {_fmt(validation.get('nmse_estimate'), 4)}")
     residual = result.report["data_consistency"]["relative_residual"]
     print(f"data-consistency residual {residual:.2e}; {result.report['timing']['seconds']:.1f} s")
     print(f"reconstruction: {paths.recon}")
