@@ -81,6 +81,15 @@ def _centre_disc(mask: np.ndarray) -> np.ndarray:
     return distance < radius
 
 
+def _line_axis(mask: np.ndarray) -> int | None:
+    """1 if the 2-D mask ``(X, Y)`` is made of whole columns, 0 if of whole rows, None otherwise."""
+    for axis in (1, 0):  # column lines (the masks `medinvert corrupt` draws) first
+        lines = mask.all(axis=1 - axis)
+        if lines.any() and np.array_equal(mask.any(axis=1 - axis), lines):
+            return axis
+    return None
+
+
 def _mirror(i: np.ndarray, n: int) -> np.ndarray:
     """Index of frequency ``-f`` for centred index ``i`` along an axis of length ``n`` (as `engine._mirror`)."""
     return (2 * (n // 2) - i) % n
@@ -110,23 +119,23 @@ def withheld_lines(mask: torch.Tensor, fraction: float = WITHHELD_FRACTION, seed
     m = np.ascontiguousarray(mask.numpy(), dtype=bool)
     out = np.zeros(m.shape, dtype=bool)
     rng = np.random.default_rng(seed)
-    for axis in (1, 0):  # column lines (the masks `medinvert corrupt` draws), then row lines
+    axis = _line_axis(m)
+    if axis is not None:
         lines = m.all(axis=1 - axis)
-        if np.array_equal(m.any(axis=1 - axis), lines) and lines.any():
-            n = lines.shape[0]
-            lo, hi = _centre_run(lines)
-            groups: dict[tuple[int, ...], np.ndarray] = {}
-            for i in np.flatnonzero(lines):
-                members = np.unique([i, _mirror(np.int64(i), n)])
-                members = members[lines[members]]
-                if not any(lo <= k < hi for k in members):
-                    groups[tuple(int(k) for k in members)] = members
-            for members in _draw_groups(list(groups.values()), fraction, rng):
-                if axis == 1:
-                    out[:, members] = True
-                else:
-                    out[members, :] = True
-            return torch.from_numpy(out)
+        n = lines.shape[0]
+        lo, hi = _centre_run(lines)
+        groups: dict[tuple[int, ...], np.ndarray] = {}
+        for i in np.flatnonzero(lines):
+            members = np.unique([i, _mirror(np.int64(i), n)])
+            members = members[lines[members]]
+            if not any(lo <= k < hi for k in members):
+                groups[tuple(int(k) for k in members)] = members
+        for members in _draw_groups(list(groups.values()), fraction, rng):
+            if axis == 1:
+                out[:, members] = True
+            else:
+                out[members, :] = True
+        return torch.from_numpy(out)
     h, w = m.shape
     outer = m & ~_centre_disc(m)
     rows, cols = np.nonzero(outer)
@@ -138,11 +147,6 @@ def withheld_lines(mask: torch.Tensor, fraction: float = WITHHELD_FRACTION, seed
     for members in _draw_groups([keyed[k] for k in sorted(keyed)], fraction, rng):
         out.reshape(-1)[members[m.reshape(-1)[members]]] = True
     return torch.from_numpy(out)
-
-
-def _is_line_mask(mask: torch.Tensor) -> bool:
-    """Whether a 2-D mask ``(X, Y)`` consists of whole columns or whole rows."""
-    return any(bool(torch.equal(mask.any(dim=1 - axis), mask.all(dim=1 - axis))) for axis in (1, 0))
 
 
 def thinned_observation(observation: Observation, withheld: torch.Tensor) -> Observation:
@@ -199,7 +203,7 @@ def kspace_validation(observation: Observation, reconstruct: Callable[[Observati
     n_v, n_u = int(held.sum()), int((~measured).sum())
     unmeasured = n_u * energy_v / n_v
     total = float((y[measured].abs() ** 2).sum()) + unmeasured
-    lines = all(_is_line_mask(observation.mask[:, :, k]) for k in validated)
+    lines = all(_line_axis(observation.mask[:, :, k].numpy()) is not None for k in validated)
     return {
         "applicable": True,
         "slices": validated,
