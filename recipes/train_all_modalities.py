@@ -18,11 +18,13 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
 5. ``--small-steps`` more per modality with the crop size alternating between 96 and 48 pixels
    (``--extra-crops 48``): small matrices have only a few fully sampled k-space lines, and without
    this stage the models fall below zero-filling on small scans (docs/models.md, session 4);
+   then ``--small-more-steps`` of the same, data-parallel over ``--nproc`` processes (per-process batch 6,
+   so the global batch stays 12);
 6. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
         [--long-steps 10000] [--context-steps 1500] [--dim 2d] [--nproc 2] [--finetune-steps 300]
-        [--small-steps 800] [--install]  # --install copies into the package
+        [--small-steps 800] [--small-more-steps 1600] [--install]  # --install copies into the package
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--small-steps", type=int, default=800,
                         help="steps of the small-matrix stage (crops 96 and 48 alternating; 0 skips it)")
+    parser.add_argument("--small-more-steps", type=int, default=1600,
+                        help="further small-matrix steps, data-parallel over --nproc processes (0 skips them)")
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -103,6 +107,15 @@ def main() -> None:
                      "--lr", "1e-4", "--warmup", "20", "--seed", str(11 + MODALITIES.index(modality)),
                      "--out", str(small), *shape, *COMMON, "--crop", "96", "--extra-crops", "48"])
             tuned = small
+            if args.small_more_steps > 0:
+                more = work / f"{modality}_{args.dim}_small2.pt"
+                if not more.exists():
+                    run_parallel(["train", args.data, "--modality", modality, "--init", str(small), "--steps",
+                                  str(args.small_more_steps), "--lr", "1e-4", "--warmup", "20",
+                                  "--seed", str(21 + MODALITIES.index(modality)), "--out", str(more), *shape, *COMMON,
+                                  "--crop", "96", "--extra-crops", "48", "--batch-size", "6",
+                                  "--checkpoint-every", "400"], args.nproc)
+                tuned = more
         exported = export_for_inference(tuned, work / f"{modality}_{args.dim}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
         if args.install:
