@@ -154,12 +154,12 @@ def thinned_observation(observation: Observation, withheld: torch.Tensor) -> Obs
 
     The descriptor is kept (the acceleration it states is off by the fraction ``f``; the network is
     conditioned on roughly the same sampling)."""
-    from medinvert.operators import ifft2c, slices_to_volume, volume_to_slices
+    from medinvert.operators import KspaceOperator, slices_to_volume, volume_to_slices
 
     mask = observation.mask & ~withheld
     keep = volume_to_slices(mask)                                # (Z, X, Y)
     y = observation.y * keep
-    adjoint = slices_to_volume(ifft2c(y.to(torch.complex128)).real.to(torch.float32))
+    adjoint = slices_to_volume(KspaceOperator(keep).adjoint(y).real).contiguous()  # as `corrupt` makes it
     return replace(observation, y=y, mask=mask, adjoint=adjoint)
 
 

@@ -249,7 +249,6 @@ def reconstruct_volume(
     from medinvert.io import load_volume
     from medinvert.io.nifti import make_meta_tensor
     from medinvert.io.naming import guess_modality
-    from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim, ssim_defined
     from medinvert.transforms.seeding import seed_from_name
 
     if checks not in CHECK_MODES:
@@ -334,25 +333,33 @@ def reconstruct_volume(
         if tuple(ref_t.shape) != tuple(volume.shape):
             raise MedinvertError(f"reference shape {tuple(ref_t.shape)} differs from the volume's {tuple(volume.shape)}",
                                  reference if isinstance(reference, (str, Path)) else None)
-        zero_filled = observation.image()
-        has_ssim = ssim_defined(tuple(ref_t.shape))  # None for slices smaller than the 7x7 window
-    if reference is not None and bool(torch.isfinite(ref_t).all()) and not float(ref_t.max()) > 0:  # data range = max
-        report["metrics"] = {"psnr": None, "ssim": None, "nmse": None,
-                             "reason": "the reference has no positive voxel, so PSNR / SSIM / NMSE are undefined"}
-    elif reference is not None:
-        report["metrics"] = {
-            "psnr": psnr(volume, ref_t), "ssim": ssim(volume, ref_t) if has_ssim else None, "nmse": nmse(volume, ref_t),
-            "zero_filled": {"psnr": psnr(zero_filled, ref_t), "ssim": ssim(zero_filled, ref_t) if has_ssim else None,
-                            "nmse": nmse(zero_filled, ref_t)},
-            "per_slice": per_slice_metrics(volume, ref_t),
-            "conventions": "fastMRI: data range = reference volume max; SSIM = mean of 2-D slice SSIMs (7x7)",
-        }
+        report["metrics"] = _reference_metrics(volume, observation.image(), ref_t)
     seconds = time.perf_counter() - wall
     report["timing"] = {"seconds": seconds, "reconstruction_seconds": run.seconds, "nfe": run.nfe,
                         "slices": observation.shape[2], "evaluated_slices": len(run.evaluated_slices),
                         "slices_per_second": len(run.evaluated_slices) / run.seconds if run.seconds > 0 else None,
                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     return ReconstructionResult(result_volume, latent, report, observation)
+
+
+def _reference_metrics(volume: torch.Tensor, zero_filled: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """The report's ``metrics`` section: output and zero-filled input against ``reference`` (all
+    ``(X, Y, Z)``), fastMRI conventions; SSIM None for slices under the 7x7 window, and no numbers
+    (with the reason) for a reference without a positive voxel (its maximum is the data range)."""
+    from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim, ssim_defined
+
+    if bool(torch.isfinite(reference).all()) and not float(reference.max()) > 0:
+        return {"psnr": None, "ssim": None, "nmse": None,
+                "reason": "the reference has no positive voxel, so PSNR / SSIM / NMSE are undefined"}
+    has_ssim = ssim_defined(tuple(reference.shape))
+    return {
+        "psnr": psnr(volume, reference), "ssim": ssim(volume, reference) if has_ssim else None,
+        "nmse": nmse(volume, reference),
+        "zero_filled": {"psnr": psnr(zero_filled, reference),
+                        "ssim": ssim(zero_filled, reference) if has_ssim else None, "nmse": nmse(zero_filled, reference)},
+        "per_slice": per_slice_metrics(volume, reference),
+        "conventions": "fastMRI: data range = reference volume max; SSIM = mean of 2-D slice SSIMs (7x7)",
+    }
 
 
 def _validation(observation: Observation, net: torch.nn.Module, resolved: Any, method: str, steps: int,

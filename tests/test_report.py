@@ -151,3 +151,13 @@ def test_html_from_a_report_alone_and_bound_rows():
     assert rows["Lipschitz constant of eps in x"]["bound"] == 12.0
     assert rows["sensitivity ||dx|| / ||dy||"]["measured"] == 2.0
     assert SECTION_ORDER.index("settings") < SECTION_ORDER.index("timing")
+
+
+def test_html_summary_flags_a_reconstruction_no_better_than_zero_filling():
+    def page(error: float) -> str:
+        return render_html_report({"validation": {"applicable": True, "relative_error_withheld": error,
+                                                  "nmse_estimate": 0.01, "nmse_estimate_zero_filled": 0.02}},
+                                  title="t")
+
+    assert "withheld-line error" in page(0.6) and "not better than zero-filling" not in page(0.6)
+    assert "not better than zero-filling" in page(1.2)

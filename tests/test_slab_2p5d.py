@@ -15,7 +15,7 @@ from _recon_helpers import phantom, train_tiny_from_cli
 from medinvert.engine import run_reconstruction
 from medinvert.errors import MedinvertError
 from medinvert.models import LipschitzUNet
-from medinvert.models.checkpoint import save_checkpoint
+from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
 from medinvert.models.slab import slab_indices, slab_stack
 from medinvert.operators import DESCRIPTOR_LENGTH
 from medinvert.train.data import SliceSamples
@@ -133,9 +133,10 @@ def test_2p5d_checkpoint_inverts_bit_exactly_and_trains_from_the_cli(tmp_path: P
     assert torch.equal(generate(latent, str(path)).as_tensor(), volume)
 
     out = train_tiny_from_cli(tmp_path, make_nifti, (40, 36, 6), "--dim", "2.5d", "--neighbours", "1",
-                              "--batch-size", "2", "--crop", "32")
+                              "--batch-size", "2", "--crop", "32", "--extra-crops", "16")
     trained, _ = load_model(str(out))
     assert trained.config["dim"] == "2.5d" and trained.in_channels == 4
+    assert read_checkpoint(out)["config"]["training"]["extra_crops"] == [16]   # the CLI flag reaches the run
 
 
 def test_neighbours_without_2p5d_is_refused(tmp_path: Path):
