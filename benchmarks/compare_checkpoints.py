@@ -4,9 +4,11 @@ For each checkpoint: `medinvert.engine.run_reconstruction` (``exact``, ``--steps
 grid) on the held-out evaluation slices of the sample case (`reconstruction.evaluation_slices`) and
 on every slice of nibabel's ``anatomical.nii`` and EPI frame (`zero_shot.nibabel_volumes`), random
 Cartesian masks (seed 0) at 4x / 8x; PSNR (dB, fastMRI: data range = reference volume max).  Used for
-the model-card tables of training experiments (docs/models.md).  Run from the repository root::
+the model-card tables of training experiments (docs/models.md).  The name ``cs-tv`` gives a row of the
+tuned CS-TV baseline (`zero_shot.cs_tv_volume`, `cs_tv.TUNED_LAMBDA`) on the same masks.  Run from the
+repository root::
 
-    python benchmarks/compare_checkpoints.py t1 runs/s4/t1_control96.pt runs/s3/t1_2d_small.pt
+    python benchmarks/compare_checkpoints.py cs-tv t1 runs/s4/t1_control96.pt runs/s3/t1_2d_small.pt
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     print("| model | " + " | ".join(header) + " |")
     print("|---" * (len(header) + 1) + "|")
     for model in args.models:
-        resolved = resolve_network(model)
+        resolved = None if model == "cs-tv" else resolve_network(model)
         cells = []
         for path, slices in volumes.values():
             volume = load_volume(path)
@@ -58,9 +60,13 @@ def _run(args: argparse.Namespace, work: Path) -> int:
             for acceleration, centre in recon_bench.SETTINGS.items():
                 observation = corrupt(volume, "kspace", seed=0, acceleration=acceleration, center_fraction=centre)
                 with deterministic(args.threads):
-                    run = run_reconstruction(observation, resolved.net, resolved.schedule, steps=args.steps,
-                                             prediction=resolved.prediction, base_seed=1, slices=chosen)
-                cells.append(f"{psnr(run.volume[:, :, chosen], reference[:, :, chosen], data_range=float(reference.max())):.2f}")
+                    if resolved is None:
+                        image = zero_shot.cs_tv_volume(observation, recon_bench.cs_tv.TUNED_LAMBDA[acceleration])
+                    else:
+                        image = run_reconstruction(observation, resolved.net, resolved.schedule, steps=args.steps,
+                                                   prediction=resolved.prediction, base_seed=1, slices=chosen,
+                                                   guess=resolved.guess).volume
+                cells.append(f"{psnr(image[:, :, chosen], reference[:, :, chosen], data_range=float(reference.max())):.2f}")
         print(f"| {model} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

@@ -23,7 +23,7 @@ Markdown tables, printed to stdout (not a timed test; numbers go to ``docs/bench
 3. **One-step denoiser check**: PSNR of one network prediction ``x0`` (and of ``DC(x0)``) from
    ``x + sigma n`` on one held-out slice -- the quality of the learned prior without any sampler.
 4. **Full volume**: ``/usr/bin/time -v medinvert reconstruct`` on the whole 240 x 240 x 155 held-out
-   t1n (exact, 20 steps, checks fast): wall seconds and peak RSS.
+   t1n (exact, default steps, checks fast): wall seconds and peak RSS.
 
 Evaluation slices: ``n`` interior points of an even grid over the brain range 20..130,
 ``round(linspace(20, 130, n + 2))[1:-1]`` -- 32, 44, 57, 69, 81, 93, 106, 118 for ``n = 8``.
@@ -61,6 +61,7 @@ import cs_tv  # noqa: E402  (benchmark-local module)
 from medinvert.determinism import deterministic  # noqa: E402
 from medinvert.engine import run_reconstruction, sampling_grid, slice_problem  # noqa: E402
 from medinvert.errors import MedinvertError  # noqa: E402
+from medinvert.guess import conditioning_volume  # noqa: E402
 from medinvert.intensity import robust_scale  # noqa: E402
 from medinvert.inversion import ResolvedNetwork, resolve_network  # noqa: E402
 from medinvert.io import load_volume  # noqa: E402
@@ -154,7 +155,7 @@ def run_ours(observation: Observation, resolved: ResolvedNetwork, method: str, s
         run = run_reconstruction(observation, resolved.net, resolved.schedule, method=method, steps=steps,
                                  batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
                                  slices=list(slices), y_override=y_override,  # type: ignore[arg-type]
-                                 start=SAMPLER_START["start"])
+                                 start=SAMPLER_START["start"], guess=resolved.guess)
     done = len(run.evaluated_slices)
     return run.volume[:, :, list(slices)].clone(), run.seconds / max(done, 1), run.nfe
 
@@ -254,7 +255,7 @@ def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: in
         params = dict(spec)
         kind = params.pop("kind")
         observation = corrupt(volume, kind, seed=SEED, **params)
-        grid = [float(v) for v in sampling_grid(observation, resolved.schedule, steps)]  # what the engine runs
+        grid = [float(v) for v in sampling_grid(observation, resolved.schedule, steps, guess=resolved.guess)]  # what the engine runs
         with deterministic(threads):
             lipschitz = _lipschitz(resolved.net, resolved.prediction, resolved.schedule, steps,
                                    observation.descriptor.to(torch.float32), tuple(observation.shape[:2]), sigmas=grid)
@@ -285,8 +286,9 @@ def denoiser_check(resolved: ResolvedNetwork, k: int, sigmas: Sequence[float] = 
     problem = slice_problem(observation, scale, k, k + 1)
     clean = torch.as_tensor(np.asarray(volume))[:, :, k][None, None].to(torch.float64) / scale
     peak = float(volume.max()) / scale
+    guess = conditioning_volume(observation, resolved.guess)[:, :, k][None, None].to(torch.float64) / scale
     denoiser = Denoiser(resolved.net, resolved.schedule, prediction=resolved.prediction,
-                        cond=observation.descriptor.to(torch.float32), extra=problem.adjoint.to(torch.float32))
+                        cond=observation.descriptor.to(torch.float32), extra=guess.to(torch.float32))
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
     rows = []
     with deterministic(1), torch.no_grad():
@@ -297,16 +299,19 @@ def denoiser_check(resolved: ResolvedNetwork, k: int, sigmas: Sequence[float] = 
             rows.append({"sigma": sigma, "noisy": psnr(xbar[0, 0], clean[0, 0], data_range=peak),
                          "x0": psnr(x0[0, 0], clean[0, 0], data_range=peak),
                          "x0_dc": psnr(x0_dc[0, 0], clean[0, 0], data_range=peak)})
-    return {"slice": k, "adjoint_psnr": psnr(problem.adjoint[0, 0], clean[0, 0], data_range=peak), "rows": rows}
+    return {"slice": k, "adjoint_psnr": psnr(problem.adjoint[0, 0], clean[0, 0], data_range=peak),
+            "guess": resolved.guess, "guess_psnr": psnr(guess[0, 0], clean[0, 0], data_range=peak), "rows": rows}
 
 
-def volume_timing(model: str, steps: int, threads: int) -> dict[str, Any]:
-    """Table 3: ``/usr/bin/time -v medinvert reconstruct`` on the whole held-out t1n (4x k-space)."""
+def volume_timing(model: str, steps: int | None, threads: int) -> dict[str, Any]:
+    """Table 3: ``/usr/bin/time -v medinvert reconstruct`` on the whole held-out t1n (4x k-space);
+    ``steps=None``: the CLI's default for the model."""
     timer = shutil.which("time") or "/usr/bin/time"
     exe = shutil.which("medinvert") or str(Path(sys.executable).with_name("medinvert"))
     with tempfile.TemporaryDirectory(prefix="medinvert-bench-") as out:
         command = [timer, "-v", exe, "reconstruct", str(HELDOUT_FILE.relative_to(ROOT)), "--corruption",
-                   "kspace:4:0.08", "--model", model, "--method", "exact", "--steps", str(steps), "--checks", "fast",
+                   "kspace:4:0.08", "--model", model, "--method", "exact",
+                   *([] if steps is None else ["--steps", str(steps)]), "--checks", "fast",
                    "--threads", str(threads), "--out", out]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
@@ -398,7 +403,8 @@ def print_bounds(rows: list[dict[str, Any]], slices: list[int], steps: int) -> N
 
 def print_denoiser(result: dict[str, Any]) -> None:
     print(f"\nOne-step denoiser check (held-out slice {result['slice']}, 4x conditioning; the real part of the "
-          f"zero-filled image A^H y scores {result['adjoint_psnr']:.2f} dB):\n")
+          f"zero-filled image A^H y scores {result['adjoint_psnr']:.2f} dB, the network's guess ({result['guess']}) "
+          f"{result['guess_psnr']:.2f} dB):\n")
     print("| sigma (xbar units) | noisy input x + sigma n | predicted x0 | DC(x0) |")
     print("|---|---|---|---|")
     for r in result["rows"]:
@@ -488,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_denoiser(check)
     out["denoiser_check"] = check
     if not args.no_volume:
-        result = volume_timing(args.model, 20, args.volume_threads)
+        result = volume_timing(args.model, None, args.volume_threads)
         print_volume(result)
         out["volume"] = result
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")

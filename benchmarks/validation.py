@@ -13,7 +13,7 @@ its check batch -- and print side by side
 Volumes: held-out slices of the sample case (`reconstruction.evaluation_slices`), and nibabel's
 ``anatomical.nii`` and EPI frame (every slice; `zero_shot.nibabel_volumes`).  Run from the root::
 
-    python benchmarks/validation.py --model t1 --steps 20
+    python benchmarks/validation.py --model t1          # the engine's default steps for the model
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import reconstruction as recon_bench  # noqa: E402  (benchmark-local module)
 import zero_shot  # noqa: E402
 
 from medinvert.determinism import deterministic  # noqa: E402
-from medinvert.engine import run_reconstruction  # noqa: E402
+from medinvert.engine import default_steps, run_reconstruction  # noqa: E402
 from medinvert.inversion import resolve_network  # noqa: E402
 from medinvert.io import load_volume  # noqa: E402
 from medinvert.kspace_validation import kspace_validation  # noqa: E402
@@ -49,7 +49,7 @@ def true_nmse(image: torch.Tensor, reference: torch.Tensor) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="t1")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="default: the engine's for the model (`default_steps`)")
     parser.add_argument("--slices", type=int, default=8, help="evaluation slices of the held-out case")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     volumes = {"held-out t1n": (recon_bench.HELDOUT_FILE, recon_bench.evaluation_slices(args.slices))}
     for label, path in zero_shot.nibabel_volumes(work).items():
         volumes[label] = (path, None)
-    print(f"model {args.model}, exact, {args.steps} steps; NMSE estimated (est) vs against the clean volume (true)\n")
+    print(f"model {args.model}, exact, {args.steps or 'default'} steps; NMSE estimated (est) vs against the clean volume (true)\n")
     print("| volume | accel. | withheld-line error | NMSE est | NMSE true | zero-filled NMSE est | zero-filled NMSE true |")
     print("|---|---|---|---|---|---|---|")
     for label, (path, slices) in volumes.items():
@@ -73,10 +73,12 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         for acceleration, centre in recon_bench.SETTINGS.items():
             observation = corrupt(volume, "kspace", seed=0, acceleration=acceleration, center_fraction=centre)
             with deterministic(args.threads):
+                steps = default_steps(observation, resolved.guess) if args.steps is None else args.steps
+
                 def reconstruct(obs, which):  # the report's sampler, defaults of `reconstruct_volume`
-                    return run_reconstruction(obs, resolved.net, resolved.schedule, steps=args.steps,
+                    return run_reconstruction(obs, resolved.net, resolved.schedule, steps=steps,
                                               prediction=resolved.prediction, base_seed=base_seed,
-                                              slices=list(which)).volume
+                                              slices=list(which), guess=resolved.guess).volume
 
                 full = reconstruct(observation, chosen)
                 result = kspace_validation(observation, reconstruct, chosen, seed=base_seed)

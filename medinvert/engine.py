@@ -4,10 +4,12 @@ Algorithm (per batch of axial slices; no per-sample optimisation):
 
 1. Normalise: ``s = robust_scale(A^H y)`` (`medinvert.intensity`); the network sees ``x / s`` and the
    measurement ``y / s`` (operators are linear, so this is consistent).
-2. Condition: descriptor ``c`` of the corruption and the adjoint image ``A^H y / s`` as an extra input
-   channel (as in training, `medinvert.train.loop`); a 2.5D network also gets the adjoint images of
-   its ``k`` neighbouring slices on each side (`medinvert.models.slab`).
-3. Grid (`default_grid`): for undersampled k-space at 20 steps or more a karras grid (Karras et al.
+2. Condition: descriptor ``c`` of the corruption and the guess -- the adjoint image ``A^H y / s``, or
+   for k-space and a model trained with ``guess = "cs_tv"`` the CS-TV reconstruction of ``y / s``
+   (`medinvert.guess`) -- as an extra input channel (as in training, `medinvert.train.loop`); a 2.5D
+   network also gets the guesses of its ``k`` neighbouring slices on each side (`medinvert.models.slab`).
+   Wherever the steps below say ``A^H y / s``, read "the guess".
+3. Grid (`default_grid`): for undersampled k-space with the adjoint guess at 20 steps or more a karras grid (Karras et al.
    2022, eq. 5) from ``sigma_0 = 10`` (normalised units, `KSPACE_START_SIGMA`), which at 20 steps beats
    the trailing grid from ``sigma_max`` by 0.3-0.5 dB on training slices and 0.2-0.6 dB on held-out and
    unseen volumes; below 20 steps, and for the other kinds, the trailing grid (at 10 steps the
@@ -60,6 +62,7 @@ import torch
 
 from medinvert.denoiser import Denoiser
 from medinvert.errors import MedinvertError, NumericalError
+from medinvert.guess import conditioning_volume, kspace_tv_guess, uses_tv
 from medinvert.intensity import robust_scale
 from medinvert.models.slab import slab_stack
 from medinvert.models.volume import as_slice_network
@@ -77,7 +80,8 @@ from medinvert.solvers.fixed_point import choose_frac_bits
 __all__ = ["DataConsistentDenoiser", "SliceProblem", "ReconstructionRun", "run_reconstruction", "slice_problem",
            "dc_weight", "noise_std", "schedule_of", "default_model_name", "start_noise", "final_projection",
            "reconstruction_frac_bits", "denoising_start_sigma", "is_denoising",
-           "sampling_grid", "default_grid", "KSPACE_START_SIGMA", "KSPACE_KARRAS_MIN_STEPS"]
+           "sampling_grid", "default_grid", "default_steps", "KSPACE_START_SIGMA", "KSPACE_KARRAS_MIN_STEPS",
+           "DEFAULT_STEPS", "TV_GUESS_STEPS"]
 
 
 #: deterministic starts of the sampler (module docstring, step 3)
@@ -90,6 +94,13 @@ KSPACE_START_SIGMA = 10.0
 #: fewest steps that get the karras grid: at 10 steps the bit-exact integrator (BDIA) loses 0.6-0.9 dB
 #: to DDIM on karras grids of any rho (2..7), and 0.1 dB to its own trailing-grid result (training slices)
 KSPACE_KARRAS_MIN_STEPS = 20
+
+#: default number of sampling steps (`default_steps`)
+DEFAULT_STEPS = 20
+#: default steps of a model refining the CS-TV guess on k-space data: fewer steps are better for it
+#: (held-out 8 slices, exact: 10 / 20 / 50 steps give 37.66 / 37.36 / 37.00 dB at 4x and 31.71 / 31.65 /
+#: 31.58 dB at 8x; docs/benchmarks.md, session 5), and twice as fast as 20
+TV_GUESS_STEPS = 10
 
 #: fixed-point grid of ``exact`` reconstructions: 2^-48 resolution, |x| < 2^13 range in normalised
 #: units -- room for a poorly trained network's excursions far from the data range
@@ -121,21 +132,30 @@ def is_denoising(observation: Observation) -> bool:
     return observation.kind == "noise" and noise_std(observation) > 0.0
 
 
-def default_grid(observation: Observation, schedule: Schedule, steps: int) -> tuple[str, float | None]:
+def default_steps(observation: Observation, guess: str = "adjoint") -> int:
+    """Sampling steps when none are given: `TV_GUESS_STEPS` for k-space data under the CS-TV guess
+    (`medinvert.guess`), `DEFAULT_STEPS` otherwise."""
+    return TV_GUESS_STEPS if uses_tv(guess, observation.kind) else DEFAULT_STEPS
+
+
+def default_grid(observation: Observation, schedule: Schedule, steps: int,
+                 guess: str = "adjoint") -> tuple[str, float | None]:
     """``(spacing, start_sigma)`` of the default sampling grid for ``observation`` (module step 3).
 
-    Undersampled k-space with at least `KSPACE_KARRAS_MIN_STEPS` steps: a karras grid (rho 7) from
-    `KSPACE_START_SIGMA` (clamped into the schedule), which spends the steps where the prediction still
-    changes the image; otherwise trailing.
+    Undersampled k-space with at least `KSPACE_KARRAS_MIN_STEPS` steps and the adjoint guess: a karras
+    grid (rho 7) from `KSPACE_START_SIGMA` (clamped into the schedule), which spends the steps where the
+    prediction still changes the image; otherwise trailing.  A model refining the CS-TV guess
+    (`medinvert.guess`) does best on the trailing grid (training slices, 20 steps: +0.11 / +0.04 dB at
+    4x / 8x over karras from 10; docs/models.md, session 5).
     """
-    if (observation.kind == "kspace" and steps >= KSPACE_KARRAS_MIN_STEPS
+    if (observation.kind == "kspace" and steps >= KSPACE_KARRAS_MIN_STEPS and not uses_tv(guess, observation.kind)
             and schedule.sigma_min < KSPACE_START_SIGMA):
         return "karras", min(KSPACE_START_SIGMA, schedule.sigma_max)
     return "trailing", None
 
 
 def sampling_grid(observation: Observation, schedule: Schedule, steps: int, spacing: str | None = None,
-                  start_sigma: float | None = None) -> torch.Tensor:
+                  start_sigma: float | None = None, guess: str = "adjoint") -> torch.Tensor:
     """The grid `run_reconstruction` integrates ``observation`` on: ``schedule.sigmas(steps, spacing,
     start=start_sigma)`` (`default_grid` when ``spacing`` is None), or for a noisy image (step 3') a
     karras grid from its own noise level."""
@@ -143,7 +163,7 @@ def sampling_grid(observation: Observation, schedule: Schedule, steps: int, spac
         sigma_y = noise_std(observation) / robust_scale(observation.adjoint)
         return schedule.sigmas(steps, "karras", start=denoising_start_sigma(schedule, sigma_y))
     if spacing is None:
-        spacing, start_sigma = default_grid(observation, schedule, steps)
+        spacing, start_sigma = default_grid(observation, schedule, steps, guess)
     return schedule.sigmas(steps, spacing, start=start_sigma)
 
 
@@ -263,6 +283,7 @@ def run_reconstruction(
     spacing: str | None = None,
     start_sigma: float | None = None,
     start: str = "guess",
+    guess: str = "adjoint",
     progress: Callable[[int], None] | None = None,
 ) -> ReconstructionRun:
     """The algorithm of the module docstring on ``observation`` (optionally only ``slices``).
@@ -271,6 +292,8 @@ def run_reconstruction(
     sensitivity to a perturbed observation).  ``progress(n)`` is called after each batch with the
     number of slices done.  ``spacing`` / ``start_sigma``: the sampling grid (`Schedule.sigmas`;
     ``start_sigma`` truncates a karras grid; ``spacing=None``: `default_grid`).  ``start``: ``"guess"`` or ``"noise"`` (module step 3).
+    ``guess``: the network's conditioning image, ``"adjoint"`` or ``"cs_tv"`` (`medinvert.guess`; the
+    checkpoint's ``config["conditioning"]["guess"]``) -- also the image the sampler starts from.
     """
     if steps < 1:
         raise MedinvertError(f"steps must be >= 1, got {steps}")
@@ -283,7 +306,7 @@ def run_reconstruction(
     scale = robust_scale(observation.adjoint)
     sigma_y = noise_std(observation) / scale
     denoising = is_denoising(observation)
-    sigmas = sampling_grid(observation, schedule, steps, spacing, start_sigma)
+    sigmas = sampling_grid(observation, schedule, steps, spacing, start_sigma, guess)
     given = dict(method_options or {})
     if method == "exact":
         given.setdefault("frac_bits", reconstruction_frac_bits(float(sigmas[0])))
@@ -302,7 +325,9 @@ def run_reconstruction(
     neighbours = _slab_neighbours(net)
     if neighbours and _n_cond_channels(net) != 1:
         raise MedinvertError("2.5D networks need exactly one conditioning image (the adjoint) per slice")
-    adjoint_slices = volume_to_slices(obs.adjoint).to(torch.float64) / scale if neighbours else None
+    adjoint_slices = (volume_to_slices(conditioning_volume(obs, guess)).to(torch.float64) / scale
+                      if neighbours else None)
+    tv_guess = uses_tv(guess, obs.kind)
     started = time.perf_counter()
     nfe = 0
     for b0 in range(0, len(todo), batch_size):
@@ -311,6 +336,8 @@ def run_reconstruction(
         adjoint = torch.cat([p.adjoint for p in problems])
         y = torch.cat([p.y for p in problems])
         operator = _stack_operator(obs, problems)
+        if tv_guess:  # the CS-TV reconstruction of these slices replaces A^H y as conditioning and start
+            adjoint = kspace_tv_guess(y[:, 0], operator.mask[:, 0])[:, None]  # type: ignore[attr-defined]
         extra = adjoint.to(torch.float32) if takes_adjoint else None
         if adjoint_slices is not None:  # 2.5D: the adjoints of the neighbouring slices as well
             extra = slab_stack(adjoint_slices, chunk, neighbours).to(torch.float32)

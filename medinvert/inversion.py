@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from medinvert.errors import MedinvertError, NumericalError
+from medinvert.guess import conditioning_volume, guess_of_config
 from medinvert.latent import Latent
 from medinvert.models.slab import slab_stack
 from medinvert.operators.layout import as_plain_tensor
@@ -104,6 +105,7 @@ class ResolvedNetwork:
         neighbours: ``k`` of a 2.5D network (it also sees the conditioning image of ``k`` slices on
             each side, `medinvert.models.slab`); 0 for 2D networks.
         descriptor_dim: length ``K`` of its condition descriptor (None if unknown).
+        guess: its conditioning image for k-space data, ``"adjoint"`` or ``"cs_tv"`` (`medinvert.guess`).
         modality: canonical modality its checkpoint was trained on (``t1``, ``t1ce``, ``t2``,
             ``flair``), None when unknown or multi-contrast (see `check_model_modality`).
     """
@@ -116,6 +118,7 @@ class ResolvedNetwork:
     descriptor_dim: int | None
     modality: str | None = None
     neighbours: int = 0
+    guess: str = "adjoint"
 
 
 # ---------------------------------------------------------------------- networks
@@ -182,7 +185,8 @@ def _wrap(net: nn.Module, config: dict[str, Any], reference: dict[str, Any]) -> 
     descriptor_dim = arch.get("descriptor_dim")
     return ResolvedNetwork(net, _schedule_from(config), str(prediction), reference,
                            int(arch.get("n_cond_channels", 0)), None if descriptor_dim is None else int(descriptor_dim),
-                           _canonical_modality(config.get("modality")), int(arch.get("neighbours", 0)))
+                           _canonical_modality(config.get("modality")), int(arch.get("neighbours", 0)),
+                           guess_of_config(config))
 
 
 def _canonical_modality(value: Any) -> str | None:
@@ -405,7 +409,8 @@ def _condition(condition: Any, shape: tuple[int, int, int], net: ResolvedNetwork
     """``(descriptor (K,), image (X, Y, Z) or None)`` of a condition argument.
 
     ``condition``: None (null condition), an `medinvert.operators.Observation` or the path of one
-    (its descriptor, and its adjoint image ``A^H y`` when the network takes a conditioning channel),
+    (its descriptor, and its conditioning image when the network takes one: the adjoint ``A^H y``, or
+    the CS-TV guess of k-space data for a model trained with one, `medinvert.guess.conditioning_volume`),
     or a descriptor vector of length ``K``.  An observation must have the volume's shape and, when
     ``affine`` (the volume's geometry) is given, its affine (entries within `AFFINE_TOLERANCE` mm).
     """
@@ -429,7 +434,7 @@ def _condition(condition: Any, shape: tuple[int, int, int], net: ResolvedNetwork
                                  "belongs to another volume", path=label)
         descriptor = condition.descriptor.detach().cpu().numpy().astype(np.float32)
         if net.n_cond_channels:
-            image = condition.adjoint.detach().cpu().numpy().astype(np.float32)
+            image = conditioning_volume(condition, net.guess).detach().cpu().numpy().astype(np.float32)
     else:
         try:
             descriptor = np.asarray(condition.detach().cpu() if isinstance(condition, torch.Tensor) else condition,

@@ -7,7 +7,8 @@
 
 The algorithm is `medinvert.engine.run_reconstruction`.  The report's sections:
 
-``settings``          method, steps, guidance, batch size, seed, model name + SHA-256, versions, device.
+``settings``          method, steps, guidance, batch size, seed, model name + SHA-256, versions, device,
+                      the guess the network was conditioned on (`medinvert.guess`).
 ``data_consistency``  ``||A x - y|| / ||y||`` of the output (normalised units; the measured k-space
                       lines of a noiseless reconstruction match to float32 rounding).
 ``reproducibility``   SHA-256 of the output, and of a second run of the check slices compared with
@@ -43,8 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medinvert.engine import default_grid, default_model_name, is_denoising, run_reconstruction, start_noise  # noqa: F401
+from medinvert.engine import default_grid, default_model_name, default_steps, is_denoising, run_reconstruction, start_noise  # noqa: F401
 from medinvert.errors import MedinvertError
+from medinvert.guess import uses_tv
 from medinvert.operators import Observation
 
 __all__ = ["ReconstructionResult", "reconstruct_volume", "load_observation_input"]
@@ -208,7 +210,7 @@ def reconstruct_volume(
     corruption: str | None = None,
     measured: str | None = None,
     method: str = "exact",
-    steps: int = 20,
+    steps: int | None = None,
     guidance: float = 1.0,
     batch_size: int = 8,
     device: str = "cpu",
@@ -232,12 +234,15 @@ def reconstruct_volume(
         measured: ``"noise[:auto|SIGMA][:MODEL]"``: the volume itself is noisy data to denoise
             (`medinvert.transforms.measured`; sigma estimated when not given); no reference implied.
         method: a solver of `medinvert.solvers.SOLVERS` (default ``exact``).
-        steps, guidance, batch_size: sampling grid size, CFG weight, slices per network call.
+        steps: sampling grid size; None = `medinvert.engine.default_steps` (10 for k-space with a model
+            refining the CS-TV guess, as the shipped ones do; 20 otherwise).
+        guidance, batch_size: CFG weight, slices per network call.
         device: ``"cpu"`` or ``"cuda"``.
         reference: clean volume (path / MetaTensor / tensor) for the metrics; defaults to the clean
             volume when simulating.
         seed: seeds the corruption (when simulating) and, with the source name, the start noise.
-        start: ``"guess"`` (default; noise-free start at the adjoint image, close to the posterior
+        start: ``"guess"`` (default; noise-free start at the model's guess -- the adjoint image, or the
+            CS-TV reconstruction for models trained with it, `medinvert.guess` -- close to the posterior
             mean) or ``"noise"`` (seeded posterior sample); `medinvert.engine`, step 3.
         checks: ``"fast"``, ``"full"`` or ``"none"`` (reproducibility / round-trip / sensitivity /
             withheld-line validation, on one batch of slices, on all of them, or not at all).
@@ -260,6 +265,7 @@ def reconstruct_volume(
     modality = guess_modality(source) if observation.source else None
     resolved = resolve_network(model if model is not None else default_model_name(modality))
     net = resolved.net.to(device)
+    steps = default_steps(observation, resolved.guess) if steps is None else steps
     base_seed = seed_from_name(Path(source).name, seed)
     wall = time.perf_counter()
     with deterministic(threads):
@@ -269,7 +275,8 @@ def reconstruct_volume(
             bar = tqdm(total=observation.shape[2], desc=f"reconstruct {Path(source).name}", unit="slice")
         run = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps, guidance=guidance,
                                  batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
-                                 start=start, progress=(lambda n: bar.update(n)) if bar is not None else None)
+                                 start=start, guess=resolved.guess,
+                                 progress=(lambda n: bar.update(n)) if bar is not None else None)
         if bar is not None:
             bar.close()
     volume = run.volume
@@ -281,11 +288,12 @@ def reconstruct_volume(
                   "params": observation.params},
         "settings": {"method": method, "steps": steps, "guidance": guidance, "batch_size": batch_size,
                      "seed": seed, "start": start, "start_seed": base_seed, "model": resolved.reference.get("name"),
+                     "guess": resolved.guess if uses_tv(resolved.guess, observation.kind) else "adjoint",
                      "model_sha256": resolved.reference.get("sha256"), "schedule": resolved.schedule.config,
                      "device": device, "versions": _versions(), "intensity_scale": run.scale,
                      "sigma_start": run.sigmas[0] if run.sigmas else None,
                      "grid": ("karras from the noise level of the image" if is_denoising(observation)
-                              else f"{default_grid(observation, resolved.schedule, steps)[0]} from sigma_start"),
+                              else f"{default_grid(observation, resolved.schedule, steps, resolved.guess)[0]} from sigma_start"),
                      "start_used": ("the noisy image, at its own noise level (start and spacing do not apply)"
                                     if is_denoising(observation) else start)},
         "data_consistency": {"relative_residual": _relative_residual(observation, volume),
@@ -305,7 +313,7 @@ def reconstruct_volume(
         with deterministic(threads):
             again = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps,
                                        guidance=guidance, batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
-                                       start=start, slices=range(check[0], check[-1] + 1))
+                                       start=start, guess=resolved.guess, slices=range(check[0], check[-1] + 1))
             first, second = volume[:, :, check[0]:check[-1] + 1], again.volume[:, :, check[0]:check[-1] + 1]
             reproducibility.update({"run1_sha256": _sha256(first), "run2_sha256": _sha256(second),
                                     "identical": bool(torch.equal(first, second))})
@@ -314,7 +322,7 @@ def reconstruct_volume(
             reproducibility["roundtrip"] = {k: trip[k] for k in ("bit_identical", "max_abs_error", "nfe", "seconds")}
             report["bounds"]["measured_sensitivity"] = _measured_sensitivity(
                 observation, net, resolved.schedule, method, steps, guidance, batch_size, base_seed, check, volume,
-                prediction=resolved.prediction, start=start)
+                prediction=resolved.prediction, start=start, guess=resolved.guess)
     report["reproducibility"] = reproducibility
     report["validation"] = _validation(observation, net, resolved, method, steps, guidance, batch_size, base_seed,
                                        start, check, threads)
@@ -376,7 +384,7 @@ def _validation(observation: Observation, net: torch.nn.Module, resolved: Any, m
     def reconstruct(thinned: Observation, slices: Any) -> torch.Tensor:
         return run_reconstruction(thinned, net, resolved.schedule, method=method, steps=steps, guidance=guidance,
                                   batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
-                                  slices=list(slices), start=start).volume
+                                  slices=list(slices), start=start, guess=resolved.guess).volume
 
     try:
         with deterministic(threads):
@@ -388,7 +396,7 @@ def _validation(observation: Observation, net: torch.nn.Module, resolved: Any, m
 def _measured_sensitivity(observation: Observation, net: torch.nn.Module, schedule: Any, method: str, steps: int,
                           guidance: float, batch_size: int, base_seed: int, check: list[int],
                           volume: torch.Tensor, relative: float = 1e-3, prediction: str = "eps",
-                          start: str = "guess") -> dict[str, Any]:
+                          start: str = "guess", guess: str = "adjoint") -> dict[str, Any]:
     """Perturb ``y`` by a seeded relative ``relative`` Gaussian, rerun the check slices, report ratios."""
     generator = torch.Generator().manual_seed(base_seed)
     y = observation.y
@@ -401,7 +409,7 @@ def _measured_sensitivity(observation: Observation, net: torch.nn.Module, schedu
     delta = noise * relative * size
     moved = run_reconstruction(observation, net, schedule, method=method, steps=steps, guidance=guidance,
                                batch_size=batch_size, prediction=prediction, base_seed=base_seed, slices=range(check[0], check[-1] + 1),
-                               y_override=y + delta, start=start)
+                               y_override=y + delta, start=start, guess=guess)
     dx = float(torch.linalg.vector_norm((moved.volume - volume)[:, :, sub].to(torch.float64)))
     dy = float(torch.linalg.vector_norm(delta[sub].to(torch.complex128 if delta.is_complex() else torch.float64)))
     return {"relative_perturbation": relative, "delta_y_norm": dy, "delta_x_norm": dx,

@@ -20,11 +20,15 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
    this stage the models fall below zero-filling on small scans (docs/models.md, session 4);
    then ``--small-more-steps`` of the same, data-parallel over ``--nproc`` processes (per-process batch 6,
    so the global batch stays 12);
-6. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
+6. ``--tv-steps`` more per modality with the CS-TV guess (``--guess cs_tv``, `medinvert.guess`): k-space
+   samples are conditioned on the CS-TV reconstruction of their measurement instead of the adjoint, so
+   the model learns to refine CS-TV (docs/models.md, session 5); data-parallel as step 5;
+7. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
         [--long-steps 10000] [--context-steps 1500] [--dim 2d] [--nproc 2] [--finetune-steps 300]
-        [--small-steps 800] [--small-more-steps 1600] [--install]  # --install copies into the package
+        [--small-steps 800] [--small-more-steps 1600] [--tv-steps 3000] [--install]
+        # --install copies into the package
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ def main() -> None:
                         help="steps of the small-matrix stage (crops 96 and 48 alternating; 0 skips it)")
     parser.add_argument("--small-more-steps", type=int, default=1600,
                         help="further small-matrix steps, data-parallel over --nproc processes (0 skips them)")
+    parser.add_argument("--tv-steps", type=int, default=3000,
+                        help="steps with the CS-TV guess (--guess cs_tv), data-parallel over --nproc (0 skips them)")
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -116,6 +122,15 @@ def main() -> None:
                                   "--crop", "96", "--extra-crops", "48", "--batch-size", "6",
                                   "--checkpoint-every", "400"], args.nproc)
                 tuned = more
+        if args.tv_steps > 0:
+            refined = work / f"{modality}_{args.dim}_tv.pt"
+            if not refined.exists():
+                run_parallel(["train", args.data, "--modality", modality, "--init", str(tuned), "--guess", "cs_tv",
+                              "--steps", str(args.tv_steps), "--lr", "1e-4", "--warmup", "20",
+                              "--seed", str(31 + MODALITIES.index(modality)), "--out", str(refined), *shape, *COMMON,
+                              "--crop", "96", "--extra-crops", "48", "--batch-size", "6",
+                              "--checkpoint-every", "500"], args.nproc)
+            tuned = refined
         exported = export_for_inference(tuned, work / f"{modality}_{args.dim}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
         if args.install:

@@ -44,7 +44,8 @@ def test_unknown_start_is_refused(problem):
 
 def test_default_grid_per_kind(problem, monkeypatch):
     """k-space: karras from `KSPACE_START_SIGMA` (rho-spaced, decreasing to sigma_min, then 0); other
-    kinds and fewer steps: the trailing grid from sigma_max; an explicit spacing overrides the default."""
+    kinds, fewer steps and the CS-TV guess: the trailing grid from sigma_max; an explicit spacing
+    overrides the default."""
     import medinvert.engine as engine
     from medinvert.engine import KSPACE_START_SIGMA, sampling_grid
 
@@ -61,5 +62,7 @@ def test_default_grid_per_kind(problem, monkeypatch):
     assert torch.equal(sampling_grid(masked, schedule, 6), schedule.sigmas(6, "trailing"))
     assert torch.equal(sampling_grid(observation, schedule, 6, "trailing"), schedule.sigmas(6, "trailing"))
     assert torch.equal(sampling_grid(observation, schedule, 5), schedule.sigmas(5, "trailing"))  # too few steps
+    # a model refining the CS-TV guess: trailing at every step count
+    assert torch.equal(sampling_grid(observation, schedule, 6, guess="cs_tv"), schedule.sigmas(6, "trailing"))
     run = run_reconstruction(observation, resolved.net, schedule, steps=6, prediction=resolved.prediction)
     assert run.sigmas == [float(v) for v in grid]

@@ -162,7 +162,7 @@ def test_extra_crops_cycle_per_step_and_resume_exactly(tiny_data: Path, tmp_path
     assert a["config"]["training"]["extra_crops"] == [16]
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    with pytest.raises(MedinvertError, match="--extra-crops differ"):
+    with pytest.raises(MedinvertError, match="--extra-crops / --guess differ"):
         train(_config(tiny_data, tmp_path / "b.pt", 6), SINGLE, resume=True, progress=False)
     with pytest.raises(ValueError, match="samples_per_step"):
         SliceSamples(volumes, 4, seed=5, crop=32, extra_crops=(16,))
@@ -170,3 +170,34 @@ def test_extra_crops_cycle_per_step_and_resume_exactly(tiny_data: Path, tmp_path
         _config(tiny_data, tmp_path / "c.pt", 2, extra_crops=(8,)).validate()
     with pytest.raises(MedinvertError, match="extra-crops"):
         _config(tiny_data, tmp_path / "c.pt", 2, extra_crops=(16,), dim="3d").validate()
+
+
+def test_cs_tv_guess_samples_and_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    """``--guess cs_tv``: k-space samples take the CS-TV guess (closer to the clean image than the
+    adjoint), every other sample and every clean image is unchanged, and the checkpoint records it."""
+    from medinvert.inversion import resolve_network
+
+    volumes, _ = load_training_volumes(tiny_data, "t1")
+    plain = SliceSamples(volumes, 24, seed=5, crop=32)
+    tv = SliceSamples(volumes, 24, seed=5, crop=32, guess="cs_tv")
+    kspace_errors = []
+    for i in range(24):
+        a, b = plain[i], tv[i]
+        assert torch.equal(a["x0"], b["x0"]) and torch.equal(a["descriptor"], b["descriptor"])
+        is_kspace = bool(a["descriptor"][0] == 1.0)  # the descriptor's one-hot kind, k-space first
+        if not is_kspace:
+            assert torch.equal(a["adjoint"], b["adjoint"])
+            continue
+        assert not torch.equal(a["adjoint"], b["adjoint"])
+        kspace_errors.append((float((b["adjoint"] - b["x0"]).norm()), float((a["adjoint"] - a["x0"]).norm())))
+    assert len(kspace_errors) >= 5
+    assert sum(e[0] for e in kspace_errors) < 0.8 * sum(e[1] for e in kspace_errors)
+
+    out = tmp_path / "tv.pt"
+    train(_config(tiny_data, out, 2, guess="cs_tv"), SINGLE, progress=False)
+    assert read_checkpoint(out)["config"]["conditioning"]["guess"] == "cs_tv"
+    assert resolve_network(str(out)).guess == "cs_tv"
+    with pytest.raises(MedinvertError, match="--guess"):
+        train(_config(tiny_data, out, 4), SINGLE, resume=True, progress=False)
+    with pytest.raises(MedinvertError, match="unknown --guess"):
+        _config(tiny_data, tmp_path / "x.pt", 2, guess="wavelet").validate()

@@ -45,7 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     f"{SAMPLE_CASE} (T1), reconstruct it with the shipped t1 model and write the "
                     "reconstruction and its JSON / HTML reports.")
     parser.add_argument("--out", default="out/demo", metavar="DIR", help="output folder (default out/demo)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: the model's, 10 for the shipped models on k-space)")
     parser.add_argument("--slices", default="central", metavar="central|all|A:B",
                         help=f"slab to reconstruct: the {CENTRAL_SLICES} central brain slices (default), all, or "
                              "A:B (B exclusive)")
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from medinvert.reconstruct import reconstruct_volume
     from medinvert.report import output_paths, write_outputs
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise MedinvertError(f"--steps must be a positive integer, got {args.steps}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_network(args.model)  # a missing shipped model fails here, before any work
     clean = volume if whole else slab(volume, start, stop)
     print(f"demo: {path.name} slices {start}-{stop - 1} ({stop - start} of {volume.shape[2]}), {DEMO_CORRUPTION} "
-          f"(4x, centre fraction 0.08), model {args.model}, {args.method} {args.steps} steps", flush=True)
+          f"(4x, centre fraction 0.08), model {args.model}, {args.method}, "
+          f"{'default' if args.steps is None else args.steps} steps", flush=True)
     result = reconstruct_volume(clean, model, corruption=DEMO_CORRUPTION, method=args.method, steps=args.steps,
                                 device=args.device, seed=args.seed, checks=args.checks, return_latent=False,
                                 progress=sys.stderr.isatty(), threads=args.threads)

@@ -78,8 +78,8 @@ def validate_sampling_args(args: argparse.Namespace) -> None:
 
     from medinvert.errors import MedinvertError
 
-    for name in ("steps", "batch_size"):
-        if getattr(args, name) < 1:
+    for name in ("steps", "batch_size"):  # None: the command's default (reconstruct's depends on the model)
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise MedinvertError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
         raise MedinvertError(f"--threads must be a positive integer, got {args.threads}")

@@ -97,7 +97,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="clean reference volume for the metrics (single input only; when simulating, the "
                              "clean input is the reference)")
     parser.add_argument("--method", default="exact", choices=METHODS, help="solver (default exact)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: 10 for k-space with the shipped models, which refine a "
+                             "CS-TV guess; 20 otherwise)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (default 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu; under torchrun cuda:LOCAL_RANK)")

@@ -31,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--extra-crops", type=int, nargs="+", default=(), metavar="SIZE",
                    help="2d / 2.5d: further crop sizes; optimisation steps cycle through --crop and these "
                         "(e.g. --crop 96 --extra-crops 48: small matrices, as in small or low-resolution scans)")
+    p.add_argument("--guess", choices=("adjoint", "cs_tv"), default="adjoint",
+                   help="conditioning image of k-space samples: the adjoint A^H y (default) or the CS-TV "
+                        "reconstruction of the measurement (the model then refines CS-TV; medinvert.guess)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--channels", default=None,
                    help="feature channels per UNet level, comma separated (default 32,64,128)")
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, crop=args.crop, extra_crops=tuple(args.extra_crops), lr=args.lr,
                          lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,
                          seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup, depth=args.depth,
-                         **extra)
+                         guess=args.guess, **extra)
     config.validate()
     out = Path(args.out)
     if out.is_dir():

@@ -15,9 +15,12 @@ samples an uninterrupted one would have seen):
    corruption (k-space at accelerations 2..12 with random / equispaced / variable-density masks,
    inpainting masks, Gaussian / Rician noise, Gaussian / motion blur) with `medinvert.corrupt`, and
    re-normalise clean image and adjoint by the *adjoint's* robust scale (what inference can see).
+   With ``guess="cs_tv"`` a k-space sample's conditioning image is the CS-TV guess of its measurement
+   (`medinvert.guess`), computed in the units inference uses (the unjittered robust scale) and then
+   expressed in the sample's jittered units.
 
 Returned dict (tensors, float32): ``x0 (1, crop, crop)`` clean image, ``adjoint (1 + 2k, crop, crop)``
-real part of ``A^H y`` (for 2.5D training with ``neighbours = k``: the slab of `medinvert.models.slab`,
+real part of ``A^H y`` or the CS-TV guess (for 2.5D training with ``neighbours = k``: the slab of `medinvert.models.slab`,
 centre first; the ``2k + 1`` slices are augmented and corrupted together, as one small volume),
 ``descriptor (DESCRIPTOR_LENGTH,)``.
 """
@@ -36,6 +39,7 @@ from monai import transforms as mt
 from monai.data import CacheDataset, Dataset, get_track_meta, set_track_meta
 
 from medinvert.errors import MedinvertError
+from medinvert.guess import guess_slices
 from medinvert.intensity import robust_scale
 from medinvert.io import find_cases, load_volume
 from medinvert.models.slab import centre_first, spatial_slab
@@ -178,8 +182,9 @@ class SliceSamples(_SampleStream):
 
     def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 96,
                  first_index: int = 0, neighbours: int = 0, extra_crops: tuple[int, ...] = (),
-                 samples_per_step: int | None = None) -> None:
+                 samples_per_step: int | None = None, guess: str = "adjoint") -> None:
         super().__init__(volumes, length, seed, crop, first_index)
+        self.guess = guess
         if extra_crops and (samples_per_step is None or samples_per_step < 1):
             raise ValueError("extra_crops needs samples_per_step (batch size x processes), so a batch shares one size")
         self.neighbours = int(neighbours)
@@ -192,6 +197,18 @@ class SliceSamples(_SampleStream):
         (``(first_index + index) // samples_per_step``), so every batch of a step shares one size."""
         step = (self.first_index + int(index)) // self.samples_per_step
         return self.crops[step % len(self.crops)]
+
+    def _conditioning(self, observation: Any, adjoint: torch.Tensor, order: list[int], scale: float) -> torch.Tensor:
+        """The conditioning slab ``(S, crop, crop)`` in the observation's units: ``adjoint`` or, for
+        k-space under ``guess="cs_tv"``, the CS-TV guess computed at the inference ``scale``."""
+        if observation.kind != "kspace" or self.guess == "adjoint" or scale <= 0.0:
+            return adjoint
+        from medinvert.operators.layout import volume_to_slices
+
+        y = observation.y.to(torch.complex128)[order] / scale                      # (S, crop, crop)
+        mask = volume_to_slices(observation.mask).to(torch.bool)[order]
+        guess = guess_slices(self.guess, observation.kind, adjoint.to(torch.float64) / scale, y, mask)
+        return (guess * scale).to(torch.float32)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
         rng, volume, z = self._draw(index)
@@ -207,10 +224,12 @@ class SliceSamples(_SampleStream):
         order = centre_first(self.neighbours)
         clean = clean[order]
         adjoint = torch.as_tensor(observation.adjoint).float().permute(2, 0, 1)[order]  # (S, crop, crop)
-        scale = robust_scale(adjoint[0]) * float(rng.uniform(0.8, 1.25))
+        unjittered = robust_scale(adjoint[0])
+        scale = unjittered * float(rng.uniform(0.8, 1.25))
+        conditioning = self._conditioning(observation, adjoint, order, unjittered)
         return {
             "x0": clean[:1] / scale,
-            "adjoint": adjoint / scale,
+            "adjoint": conditioning / scale,
             "descriptor": torch.as_tensor(observation.descriptor).float(),
         }
 

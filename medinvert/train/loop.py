@@ -47,6 +47,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medinvert.denoiser import edm_coefficients, guess_spread
 from medinvert.errors import MedinvertError
+from medinvert.guess import GUESSES
 from medinvert.intensity import FOREGROUND_FRACTION, PERCENTILE
 from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
 from medinvert.models.unet import LipschitzUNet
@@ -97,6 +98,7 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 2
     init: str | None = None
+    guess: str = "adjoint"  # conditioning image of k-space samples: "adjoint" or "cs_tv" (`medinvert.guess`)
     architecture: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARCHITECTURE))
 
     def validate(self) -> None:
@@ -105,6 +107,10 @@ class TrainConfig:
         if self.batch_size < 1 or min((self.crop, *self.extra_crops)) < 16:
             raise MedinvertError(f"batch size must be >= 1 and crops >= 16 (got {self.batch_size}, "
                                  f"{', '.join(str(c) for c in (self.crop, *self.extra_crops))})")
+        if self.guess not in GUESSES:
+            raise MedinvertError(f"unknown --guess {self.guess!r}; valid: {', '.join(GUESSES)}")
+        if self.guess != "adjoint" and self.dim == "3d":
+            raise MedinvertError("--guess cs_tv applies to 2d / 2.5d training (3d patches take the adjoint)")
         if self.extra_crops and self.dim == "3d":
             raise MedinvertError("--extra-crops applies to 2d / 2.5d training (3d patches have one size)")
         if self.modality not in (*TRAINABLE_MODALITIES, "all"):
@@ -279,7 +285,8 @@ def _checkpoint_config(config: TrainConfig, case_ids: list[str], schedule_config
         "schedule": schedule_config,
         "normalisation": {"kind": "robust_scale", "percentile": PERCENTILE,
                           "foreground_fraction": FOREGROUND_FRACTION, "computed_on": "adjoint A^H y"},
-        "conditioning": {"descriptor_dim": DESCRIPTOR_LENGTH, "channels": ["adjoint_real"]},
+        "conditioning": {"descriptor_dim": DESCRIPTOR_LENGTH, "channels": ["adjoint_real"],
+                         "guess": config.guess},
         "data": {"root": str(config.data), "cases": case_ids, "crop": config.crop},
         "training": {**{k: v for k, v in asdict(config).items() if k not in ("architecture",)},
                      "completed_steps": step, "seconds": round(seconds, 1), "final_loss": last_loss,
@@ -314,8 +321,9 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
         if payload["config"].get("architecture") != model.config:
             raise MedinvertError("cannot resume: checkpoint architecture differs from this run's", out)
         recorded = payload["config"].get("training", {})
-        if (recorded.get("crop", config.crop), tuple(recorded.get("extra_crops", ()))) != (config.crop, tuple(config.extra_crops)):
-            raise MedinvertError("cannot resume: --crop / --extra-crops differ from the run being resumed "
+        if ((recorded.get("crop", config.crop), tuple(recorded.get("extra_crops", ())), recorded.get("guess", "adjoint"))
+                != (config.crop, tuple(config.extra_crops), config.guess)):
+            raise MedinvertError("cannot resume: --crop / --extra-crops / --guess differ from the run being resumed "
                                  "(the samples would not repeat an uninterrupted run)", out)
         model.load_state_dict(payload["state_dict"])
         ema = {k: v.clone() for k, v in payload.get("ema_state", payload["state_dict"]).items()}
@@ -335,7 +343,8 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
     else:
         dataset = SliceSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
                                first_index=start_step * per_step, neighbours=int(model.config["neighbours"]),
-                               extra_crops=tuple(config.extra_crops), samples_per_step=per_step)
+                               extra_crops=tuple(config.extra_crops), samples_per_step=per_step,
+                               guess=config.guess)
     sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False,
                                  drop_last=True)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=0)
