@@ -1,7 +1,7 @@
 """Quick side-by-side of training checkpoints on k-space reconstruction: one row per checkpoint.
 
-For each checkpoint: `medinvert.engine.run_reconstruction` (``exact``, ``--steps``, the engine's default
-grid) on the held-out evaluation slices of the sample case (`reconstruction.evaluation_slices`) and
+For each checkpoint: `medinvert.engine.run_reconstruction` (``exact``, ``--steps`` or the engine's default
+steps for the model, the engine's default grid) on the held-out evaluation slices of the sample case (`reconstruction.evaluation_slices`) and
 on every slice of nibabel's ``anatomical.nii`` and EPI frame (`zero_shot.nibabel_volumes`), random
 Cartesian masks (seed 0) at 4x / 8x; PSNR (dB, fastMRI: data range = reference volume max).  Used for
 the model-card tables of training experiments (docs/models.md).  The name ``cs-tv`` gives a row of the
@@ -27,7 +27,7 @@ import reconstruction as recon_bench  # noqa: E402  (benchmark-local module)
 import zero_shot  # noqa: E402
 
 from medinvert.determinism import deterministic  # noqa: E402
-from medinvert.engine import run_reconstruction  # noqa: E402
+from medinvert.engine import default_steps, run_reconstruction  # noqa: E402
 from medinvert.inversion import resolve_network  # noqa: E402
 from medinvert.io import load_volume  # noqa: E402
 from medinvert.metrics import psnr  # noqa: E402
@@ -37,7 +37,7 @@ from medinvert.transforms import corrupt  # noqa: E402
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", help="shipped model names or checkpoint paths")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="default: the engine's for each model (`default_steps`)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="medinvert-compare-") as work:
@@ -63,7 +63,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                     if resolved is None:
                         image = zero_shot.cs_tv_volume(observation, recon_bench.cs_tv.TUNED_LAMBDA[acceleration])
                     else:
-                        image = run_reconstruction(observation, resolved.net, resolved.schedule, steps=args.steps,
+                        steps = default_steps(observation, resolved.guess) if args.steps is None else args.steps
+                        image = run_reconstruction(observation, resolved.net, resolved.schedule, steps=steps,
                                                    prediction=resolved.prediction, base_seed=1, slices=chosen,
                                                    guess=resolved.guess).volume
                 cells.append(f"{psnr(image[:, :, chosen], reference[:, :, chosen], data_range=float(reference.max())):.2f}")

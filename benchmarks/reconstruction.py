@@ -286,7 +286,7 @@ def denoiser_check(resolved: ResolvedNetwork, k: int, sigmas: Sequence[float] = 
     problem = slice_problem(observation, scale, k, k + 1)
     clean = torch.as_tensor(np.asarray(volume))[:, :, k][None, None].to(torch.float64) / scale
     peak = float(volume.max()) / scale
-    guess = conditioning_volume(observation, resolved.guess)[:, :, k][None, None].to(torch.float64) / scale
+    guess = conditioning_volume(observation, resolved.guess, slices=[k])[:, :, k][None, None].to(torch.float64) / scale
     denoiser = Denoiser(resolved.net, resolved.schedule, prediction=resolved.prediction,
                         cond=observation.descriptor.to(torch.float32), extra=guess.to(torch.float32))
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)

@@ -170,7 +170,7 @@ class ReconstructVolumed(MapTransform):
     was cropped by `CentralSlabd`.
     """
 
-    def __init__(self, keys: KeysCollection, model: str, method: str = "exact", steps: int = 20,
+    def __init__(self, keys: KeysCollection, model: str, method: str = "exact", steps: int | None = None,
                  guidance: float = 1.0, batch_size: int = 8, device: str = "cpu", seed: int = 0,
                  checks: str = "fast", observation_suffix: str = "_observation",
                  result_suffix: str = "_reconstruction", use_reference: bool = True,
@@ -178,7 +178,8 @@ class ReconstructVolumed(MapTransform):
         super().__init__(keys, allow_missing_keys)
         path = Path(str(model)).expanduser()
         self.model = str(path.resolve()) if path.is_file() else str(model)  # absolute path in the report
-        self.options: dict[str, Any] = {"method": method, "steps": int(steps), "guidance": float(guidance),
+        self.options: dict[str, Any] = {"method": method, "steps": None if steps is None else int(steps),
+                                         "guidance": float(guidance),
                                          "batch_size": int(batch_size), "device": str(device), "seed": int(seed),
                                          "checks": checks}
         self.observation_suffix = observation_suffix

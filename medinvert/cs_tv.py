@@ -149,6 +149,8 @@ def cs_tv(y: torch.Tensor, mask: torch.Tensor, lam: float | torch.Tensor, *, ite
     Returns:
         real float64 ``(B, H, W)`` reconstruction.
     """
+    if y.ndim != 3:
+        raise ValueError(f"y must be a batch of slices (B, H, W), got shape {tuple(y.shape)}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     if not (tau > 0 and math.isfinite(tau)):

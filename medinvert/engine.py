@@ -301,6 +301,7 @@ def run_reconstruction(
         raise MedinvertError(f"batch size must be >= 1, got {batch_size}")
     if start not in STARTS:
         raise MedinvertError(f"unknown start {start!r}; valid: {', '.join(STARTS)}")
+    tv_guess = uses_tv(guess, observation.kind)  # also refuses an unknown guess
     solver = get_solver(method)
     obs = observation if y_override is None else _with_y(observation, y_override)
     scale = robust_scale(observation.adjoint)
@@ -327,7 +328,6 @@ def run_reconstruction(
         raise MedinvertError("2.5D networks need exactly one conditioning image (the adjoint) per slice")
     adjoint_slices = (volume_to_slices(conditioning_volume(obs, guess)).to(torch.float64) / scale
                       if neighbours else None)
-    tv_guess = uses_tv(guess, obs.kind)
     started = time.perf_counter()
     nfe = 0
     for b0 in range(0, len(todo), batch_size):

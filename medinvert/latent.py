@@ -19,7 +19,7 @@ patch_index            int64      (P,)            flat C-order indices into the 
 patch_values           float32    (P,)            the original float32 values at those voxels
 nifti_header           uint8      (348,) / (540,) raw NIfTI header of the source (if it had one)
 cond_descriptor        float32    (K,)            condition descriptor (if a condition was given)
-cond_image             float32    (X, Y, Z)       conditioning image A^H y (if the model uses it)
+cond_image             float32    (X, Y, Z)       conditioning image: A^H y, or the CS-TV guess (if the model uses it)
 =====================  =========  ==============  ==============================================
 
 State fields: ``ddim`` / ``ode`` / ``negprompt`` store ``state`` (the ``xbar`` tensor); ``edict``

@@ -14,6 +14,7 @@ from medinvert.errors import MedinvertError
 from medinvert.guess import (GUESS_ITERATIONS, GUESS_TAU, TUNED_LAMBDA, conditioning_volume, guess_of_config,
                              kspace_tv_guess, tv_weights)
 from medinvert.intensity import robust_scale
+from medinvert.operators.fft import ifft2c
 from medinvert.operators.layout import volume_to_slices
 from medinvert.schedule import make_schedule
 from medinvert.transforms import corrupt
@@ -56,12 +57,28 @@ def test_guess_is_the_cs_tv_solution_and_does_not_depend_on_the_batch() -> None:
     for k in range(y.shape[0]):
         alone = kspace_tv_guess(y[k:k + 1], mask[k:k + 1])
         assert torch.equal(together[k], alone[0])  # bitwise: the batch must not matter
-        direct = cs_tv(y[k:k + 1], mask[k:k + 1], tv_weights(mask[k:k + 1]), iterations=GUESS_ITERATIONS, tau=GUESS_TAU)
+        # independent formula: CS-TV of the slice divided by its own adjoint's robust scale, scaled back
+        own = robust_scale(ifft2c(y[k] * mask[k]).real)
+        direct = cs_tv(y[k:k + 1] / own, mask[k:k + 1], tv_weights(mask[k:k + 1]), iterations=GUESS_ITERATIONS,
+                       tau=GUESS_TAU) * own
         assert torch.allclose(alone, direct, rtol=0, atol=1e-12)
     # better than the adjoint image it starts from (the point of the guess)
     clean = volume_to_slices(_head()).to(torch.float64) / scale
     adjoint = volume_to_slices(observation.adjoint).to(torch.float64) / scale
     assert float((together - clean).norm()) < 0.8 * float((adjoint - clean).norm())
+
+
+@pytest.mark.parametrize("factor", [1e-3, 0.37, 4096.0])
+def test_guess_is_scale_equivariant(factor: float) -> None:
+    """``guess(a y) = a guess(y)``: it does not depend on how (or whether) a volume was normalised."""
+    observation = corrupt(_head(), "kspace", seed=5, acceleration=8, center_fraction=0.04)
+    y = observation.y[1:3].to(torch.complex128)
+    mask = volume_to_slices(observation.mask)[1:3].bool()
+    base = kspace_tv_guess(y, mask)
+    assert torch.allclose(kspace_tv_guess(factor * y, mask), factor * base, rtol=1e-9, atol=1e-9 * factor * float(base.abs().max()))
+    with pytest.raises(MedinvertError, match="B, H, W"):
+        kspace_tv_guess(y[0], mask[0])
+    assert kspace_tv_guess(y[:0], mask[:0]).shape == (0, *y.shape[1:])
 
 
 def test_conditioning_volume_per_kind() -> None:
@@ -72,9 +89,12 @@ def test_conditioning_volume_per_kind() -> None:
     assert conditioning_volume(noisy, "cs_tv") is noisy.adjoint
     image = conditioning_volume(kspace, "cs_tv")
     assert image.shape == kspace.adjoint.shape and image.dtype == torch.float32
-    scale = robust_scale(kspace.adjoint)
-    expected = kspace_tv_guess(kspace.y.to(torch.complex128) / scale, volume_to_slices(kspace.mask).bool()) * scale
-    assert torch.allclose(volume_to_slices(image).double(), expected, rtol=1e-6, atol=1e-4)
+    expected = kspace_tv_guess(kspace.y, volume_to_slices(kspace.mask).bool())
+    assert torch.equal(volume_to_slices(image), expected.to(torch.float32))
+    only = conditioning_volume(kspace, "cs_tv", slices=[2])
+    assert torch.equal(only[:, :, 2], image[:, :, 2]) and not only[:, :, [0, 1, 3, 4]].any()
+    with pytest.raises(MedinvertError, match="unknown guess"):
+        conditioning_volume(kspace, "cs-tv")
 
 
 def test_config_names_the_guess() -> None:
@@ -115,3 +135,21 @@ def test_engine_feeds_the_guess_and_starts_there() -> None:
     adjoint_run = run_reconstruction(observation, _Recorder().eval(), make_schedule("linear"), method="exact",
                                      steps=3, batch_size=2, prediction="edm_adjoint").volume
     assert not torch.equal(runs[0], adjoint_run)
+
+
+def test_shipped_model_defaults_and_condition() -> None:
+    """The shipped t1 model refines the CS-TV guess: 10 steps on the trailing grid by default (20 for a
+    model with the adjoint guess), and `invert` under the observation stores the guess as its image."""
+    from medinvert.inversion import invert, resolve_network
+    from medinvert.reconstruct import reconstruct_volume
+
+    resolved = resolve_network("t1")
+    assert resolved.guess == "cs_tv"
+    volume = _head((32, 32, 2))
+    result = reconstruct_volume(volume, resolved, corruption="kspace:4", checks="none", progress=False, threads=1)
+    settings = result.report["settings"]
+    assert settings["steps"] == 10 and settings["guess"] == "cs_tv" and settings["grid"].startswith("trailing")
+    plain = reconstruct_volume(volume, "random", corruption="kspace:4", checks="none", progress=False, threads=1)
+    assert plain.report["settings"]["steps"] == 20 and plain.report["settings"]["guess"] == "adjoint"
+    latent = invert(result.volume, resolved, steps=2, condition=result.observation, threads=1)
+    assert np.array_equal(latent.cond_image, conditioning_volume(result.observation, "cs_tv").numpy())

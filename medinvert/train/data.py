@@ -16,8 +16,9 @@ samples an uninterrupted one would have seen):
    inpainting masks, Gaussian / Rician noise, Gaussian / motion blur) with `medinvert.corrupt`, and
    re-normalise clean image and adjoint by the *adjoint's* robust scale (what inference can see).
    With ``guess="cs_tv"`` a k-space sample's conditioning image is the CS-TV guess of its measurement
-   (`medinvert.guess`), computed in the units inference uses (the unjittered robust scale) and then
-   expressed in the sample's jittered units.
+   (`medinvert.guess.kspace_tv_guess`, the function inference uses: each slice is solved in its own
+   normalised units, so the guess does not depend on the scale jitter), divided by the sample's scale
+   like everything else.
 
 Returned dict (tensors, float32): ``x0 (1, crop, crop)`` clean image, ``adjoint (1 + 2k, crop, crop)``
 real part of ``A^H y`` or the CS-TV guess (for 2.5D training with ``neighbours = k``: the slab of `medinvert.models.slab`,
@@ -39,7 +40,7 @@ from monai import transforms as mt
 from monai.data import CacheDataset, Dataset, get_track_meta, set_track_meta
 
 from medinvert.errors import MedinvertError
-from medinvert.guess import guess_slices
+from medinvert.guess import kspace_tv_guess, uses_tv
 from medinvert.intensity import robust_scale
 from medinvert.io import find_cases, load_volume
 from medinvert.models.slab import centre_first, spatial_slab
@@ -198,17 +199,17 @@ class SliceSamples(_SampleStream):
         step = (self.first_index + int(index)) // self.samples_per_step
         return self.crops[step % len(self.crops)]
 
-    def _conditioning(self, observation: Any, adjoint: torch.Tensor, order: list[int], scale: float) -> torch.Tensor:
+    def _conditioning(self, observation: Any, adjoint: torch.Tensor, order: list[int]) -> torch.Tensor:
         """The conditioning slab ``(S, crop, crop)`` in the observation's units: ``adjoint`` or, for
-        k-space under ``guess="cs_tv"``, the CS-TV guess computed at the inference ``scale``."""
-        if observation.kind != "kspace" or self.guess == "adjoint" or scale <= 0.0:
+        k-space under ``guess="cs_tv"``, the CS-TV guess (`medinvert.guess.kspace_tv_guess`: each slice
+        solved in its own normalised units, exactly as inference does)."""
+        if not uses_tv(self.guess, observation.kind):
             return adjoint
         from medinvert.operators.layout import volume_to_slices
 
-        y = observation.y.to(torch.complex128)[order] / scale                      # (S, crop, crop)
+        y = observation.y[order]                                                    # (S, crop, crop)
         mask = volume_to_slices(observation.mask).to(torch.bool)[order]
-        guess = guess_slices(self.guess, observation.kind, adjoint.to(torch.float64) / scale, y, mask)
-        return (guess * scale).to(torch.float32)
+        return kspace_tv_guess(y, mask).to(torch.float32)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
         rng, volume, z = self._draw(index)
@@ -224,9 +225,8 @@ class SliceSamples(_SampleStream):
         order = centre_first(self.neighbours)
         clean = clean[order]
         adjoint = torch.as_tensor(observation.adjoint).float().permute(2, 0, 1)[order]  # (S, crop, crop)
-        unjittered = robust_scale(adjoint[0])
-        scale = unjittered * float(rng.uniform(0.8, 1.25))
-        conditioning = self._conditioning(observation, adjoint, order, unjittered)
+        scale = robust_scale(adjoint[0]) * float(rng.uniform(0.8, 1.25))
+        conditioning = self._conditioning(observation, adjoint, order)
         return {
             "x0": clean[:1] / scale,
             "adjoint": conditioning / scale,
