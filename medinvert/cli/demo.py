@@ -13,7 +13,7 @@ replaced on every run.
 
 * ``central`` (default): the 16 central slices of the brain (the middle of the slices holding any
   non-zero voxel); the output stem is ``<file>_slices<first>-<last>`` (both inclusive);
-* ``all``: the whole 240 x 240 x 155 volume (about 2 minutes on a 2-core CPU at 20 steps);
+* ``all``: the whole 240 x 240 x 155 volume (about a minute on a 2-core CPU at the default 10 steps);
 * ``A:B``: slices ``A`` to ``B - 1``.
 
 The slab keeps the volume's geometry: its affine is the original shifted by ``A`` slices
