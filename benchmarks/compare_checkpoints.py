@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
                     if resolved is None:
                         image = zero_shot.cs_tv_volume(observation, recon_bench.cs_tv.TUNED_LAMBDA[acceleration])
                     else:
-                        steps = default_steps(observation, resolved.guess) if args.steps is None else args.steps
+                        steps = default_steps(observation.kind, resolved.guess) if args.steps is None else args.steps
                         image = run_reconstruction(observation, resolved.net, resolved.schedule, steps=steps,
                                                    prediction=resolved.prediction, base_seed=1, slices=chosen,
                                                    guess=resolved.guess).volume

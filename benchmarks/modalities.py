@@ -41,7 +41,7 @@ CONTRASTS = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 
 
 def _ours(observation: Observation, resolved: ResolvedNetwork, slices: list[int], steps: int | None) -> torch.Tensor:
-    chosen = default_steps(observation, resolved.guess) if steps is None else steps
+    chosen = default_steps(observation.kind, resolved.guess) if steps is None else steps
     return run_reconstruction(observation, resolved.net, resolved.schedule, steps=chosen,
                               prediction=resolved.prediction, slices=slices, guess=resolved.guess).volume
 

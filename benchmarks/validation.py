@@ -73,7 +73,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         for acceleration, centre in recon_bench.SETTINGS.items():
             observation = corrupt(volume, "kspace", seed=0, acceleration=acceleration, center_fraction=centre)
             with deterministic(args.threads):
-                steps = default_steps(observation, resolved.guess) if args.steps is None else args.steps
+                steps = default_steps(observation.kind, resolved.guess) if args.steps is None else args.steps
 
                 def reconstruct(obs, which):  # the report's sampler, defaults of `reconstruct_volume`
                     return run_reconstruction(obs, resolved.net, resolved.schedule, steps=steps,

@@ -9,8 +9,8 @@ Algorithm (per batch of axial slices; no per-sample optimisation):
    (`medinvert.guess`) -- as an extra input channel (as in training, `medinvert.train.loop`); a 2.5D
    network also gets the guesses of its ``k`` neighbouring slices on each side (`medinvert.models.slab`).
    Wherever the steps below say ``A^H y / s``, read "the guess".
-3. Grid (`default_grid`): for undersampled k-space with the adjoint guess at 20 steps or more a karras grid (Karras et al.
-   2022, eq. 5) from ``sigma_0 = 10`` (normalised units, `KSPACE_START_SIGMA`), which at 20 steps beats
+3. Grid (`default_grid`): for undersampled k-space with the adjoint guess at 20 steps or more a karras
+   grid (Karras et al. 2022, eq. 5) from ``sigma_0 = 10`` (normalised units, `KSPACE_START_SIGMA`), which at 20 steps beats
    the trailing grid from ``sigma_max`` by 0.3-0.5 dB on training slices and 0.2-0.6 dB on held-out and
    unseen volumes; below 20 steps, and for the other kinds, the trailing grid (at 10 steps the
    bit-exact integrator loses to DDIM on karras grids; docs/benchmarks.md).
@@ -98,7 +98,7 @@ KSPACE_KARRAS_MIN_STEPS = 20
 #: default number of sampling steps (`default_steps`)
 DEFAULT_STEPS = 20
 #: default steps of a model refining the CS-TV guess on k-space data: fewer steps are better for it
-#: (held-out 8 slices, exact: 10 / 20 / 50 steps give 37.66 / 37.36 / 37.00 dB at 4x and 31.71 / 31.65 /
+#: (held-out 8 slices, exact: 10 / 20 / 50 steps give 37.68 / 37.37 / 37.01 dB at 4x and 31.71 / 31.65 /
 #: 31.58 dB at 8x; docs/benchmarks.md, session 5), and twice as fast as 20
 TV_GUESS_STEPS = 10
 
@@ -132,10 +132,10 @@ def is_denoising(observation: Observation) -> bool:
     return observation.kind == "noise" and noise_std(observation) > 0.0
 
 
-def default_steps(observation: Observation, guess: str = "adjoint") -> int:
-    """Sampling steps when none are given: `TV_GUESS_STEPS` for k-space data under the CS-TV guess
-    (`medinvert.guess`), `DEFAULT_STEPS` otherwise."""
-    return TV_GUESS_STEPS if uses_tv(guess, observation.kind) else DEFAULT_STEPS
+def default_steps(kind: str, guess: str = "adjoint") -> int:
+    """Sampling steps when none are given, for an observation of ``kind``: `TV_GUESS_STEPS` for k-space
+    data under the CS-TV guess (`medinvert.guess`), `DEFAULT_STEPS` otherwise."""
+    return TV_GUESS_STEPS if uses_tv(guess, kind) else DEFAULT_STEPS
 
 
 def default_grid(observation: Observation, schedule: Schedule, steps: int,

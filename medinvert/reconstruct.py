@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medinvert.engine import default_grid, default_model_name, default_steps, is_denoising, run_reconstruction, start_noise  # noqa: F401
+from medinvert.engine import (default_grid, default_model_name, default_steps, is_denoising,  # noqa: F401
+                              run_reconstruction, start_noise)
 from medinvert.errors import MedinvertError
 from medinvert.guess import uses_tv
 from medinvert.operators import Observation
@@ -265,7 +266,7 @@ def reconstruct_volume(
     modality = guess_modality(source) if observation.source else None
     resolved = resolve_network(model if model is not None else default_model_name(modality))
     net = resolved.net.to(device)
-    steps = default_steps(observation, resolved.guess) if steps is None else steps
+    steps = default_steps(observation.kind, resolved.guess) if steps is None else steps
     base_seed = seed_from_name(Path(source).name, seed)
     wall = time.perf_counter()
     with deterministic(threads):

@@ -17,13 +17,7 @@ from medinvert.operators import fft2c, ifft2c
 from medinvert.transforms import random_line_mask
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs run fastest (and robustly on a loaded shared CPU) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _phantom(size: int = 48) -> torch.Tensor:

@@ -20,12 +20,7 @@ from medinvert.schedule import make_schedule
 from medinvert.transforms import corrupt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _head(shape: tuple[int, int, int] = (40, 36, 5)) -> torch.Tensor:
@@ -106,7 +101,8 @@ def test_config_names_the_guess() -> None:
 
 
 class _Recorder(nn.Module):
-    """A network that outputs zeros and records the conditioning channel it was given."""
+    """A network that outputs zeros and records the conditioning channels it was given (all of them for a
+    2.5D configuration, else the one)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,7 +111,7 @@ class _Recorder(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        self.seen.append(x[:, 1].detach().clone())
+        self.seen.append(x[:, 1:].detach().clone() if self.config.get("neighbours") else x[:, 1].detach().clone())
         return torch.zeros_like(x[:, :1])
 
 
@@ -153,3 +149,21 @@ def test_shipped_model_defaults_and_condition() -> None:
     assert plain.report["settings"]["steps"] == 20 and plain.report["settings"]["guess"] == "adjoint"
     latent = invert(result.volume, resolved, steps=2, condition=result.observation, threads=1)
     assert np.array_equal(latent.cond_image, conditioning_volume(result.observation, "cs_tv").numpy())
+
+
+def test_2p5d_network_sees_the_guesses_of_its_neighbours() -> None:
+    """A 2.5D network under the CS-TV guess gets the guess of its slice and of its neighbours (the engine's
+    volume path, `conditioning_volume`), equal to the 2D path's guess of each slice to float32 rounding."""
+    from medinvert.models.slab import slab_stack
+
+    observation = corrupt(_head(), "kspace", seed=4, acceleration=4, center_fraction=0.08)
+    scale = robust_scale(observation.adjoint)
+    net = _Recorder().eval()
+    net.config = {"n_cond_channels": 1, "neighbours": 1}
+    run_reconstruction(observation, net, make_schedule("linear"), method="ddim", steps=1, batch_size=5,
+                       prediction="edm_adjoint", guess="cs_tv")
+    guesses = kspace_tv_guess(observation.y.to(torch.complex128) / scale, volume_to_slices(observation.mask).bool())
+    expected = slab_stack(guesses.to(torch.float32), range(5), 1)        # (5, 3, X, Y): centre, then neighbours
+    fed = net.seen[0]
+    assert fed.shape == expected.shape
+    assert torch.allclose(fed, expected, rtol=1e-5, atol=1e-6)

@@ -116,6 +116,7 @@ def _fmt(value: Any, digits: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medinvert.engine import default_steps
     from medinvert.errors import MedinvertError
     from medinvert.inversion import resolve_network
     from medinvert.io import load_volume, volume_stem
@@ -133,11 +134,11 @@ def run(args: argparse.Namespace) -> int:
     whole = (start, stop) == (0, int(volume.shape[2]))
     stem = volume_stem(path) + ("" if whole else f"_slices{start}-{stop - 1}")
     model = resolve_network(args.model)  # a missing shipped model fails here, before any work
+    steps = default_steps("kspace", model.guess) if args.steps is None else args.steps
     clean = volume if whole else slab(volume, start, stop)
     print(f"demo: {path.name} slices {start}-{stop - 1} ({stop - start} of {volume.shape[2]}), {DEMO_CORRUPTION} "
-          f"(4x, centre fraction 0.08), model {args.model}, {args.method}, "
-          f"{'default' if args.steps is None else args.steps} steps", flush=True)
-    result = reconstruct_volume(clean, model, corruption=DEMO_CORRUPTION, method=args.method, steps=args.steps,
+          f"(4x, centre fraction 0.08), model {args.model}, {args.method}, {steps} steps", flush=True)
+    result = reconstruct_volume(clean, model, corruption=DEMO_CORRUPTION, method=args.method, steps=steps,
                                 device=args.device, seed=args.seed, checks=args.checks, return_latent=False,
                                 progress=sys.stderr.isatty(), threads=args.threads)
     result.report["input"]["slab"] = {"file": str(path), "start": start, "stop": stop}
