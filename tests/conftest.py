@@ -15,9 +15,6 @@ File fixtures (each returns a `Path` unless said otherwise; ``oblique_affine`` r
 * ``brats_layouts``       `BraTSLayouts`: a root holding one BraTS 2021 case folder and one BraTS
                           2023 (GLI) case folder, 5 modality files each (tiny 8x8x4 volumes).
 
-Other fixtures: ``one_thread`` runs a test on one intra-op thread (small FFTs are fastest, and most
-robust on a loaded shared CPU, that way; use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``).
-
 Factory fixtures (return a function, so a test can make as many files as it needs):
 
 * ``make_nifti(path, data=None, affine=None, *, shape=(9, 8, 7), qform_code=1, sform_code=1)``
@@ -285,17 +282,13 @@ def brats_layouts(tmp_path: Path) -> BraTSLayouts:
 
 
 @pytest.fixture
-def one_thread(monkeypatch) -> None:
-    """One intra-op thread (the machine running the tests is small and shared); recorded like any other.
-    Modules that want it say ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    monkeypatch.setenv("MEDINVERT_THREADS", "1")
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread for the test, restored afterwards."""
+def one_thread(monkeypatch) -> Iterator[None]:
+    """One intra-op thread (the machine running the tests is small and shared): for medinvert's own
+    thread setting (``MEDINVERT_THREADS``, recorded like any other) and for torch calls made directly by
+    the test, restored afterwards.  Modules that want it say ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     import torch
 
+    monkeypatch.setenv("MEDINVERT_THREADS", "1")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
