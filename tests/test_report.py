@@ -161,3 +161,11 @@ def test_html_summary_flags_a_reconstruction_no_better_than_zero_filling():
 
     assert "withheld-line error" in page(0.6) and "not better than zero-filling" not in page(0.6)
     assert "not better than zero-filling" in page(1.2)
+
+
+def test_html_summary_names_the_cs_tv_guess():
+    def page(guess: str) -> str:
+        return render_html_report({"settings": {"method": "exact", "steps": 10, "guess": guess}}, title="t")
+
+    assert "CS-TV reconstruction of the measurement" in page("cs_tv")
+    assert "CS-TV reconstruction of the measurement" not in page("adjoint")

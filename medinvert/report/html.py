@@ -186,6 +186,9 @@ def _summary(report: dict[str, Any]) -> str:
         items.append(("model", html.escape(f"{settings.get('model')} (sha256 {str(settings.get('model_sha256'))[:12]}...)")))
         items.append(("method", html.escape(f"{settings.get('method')}, {settings.get('steps')} steps, guidance "
                                             f"{settings.get('guidance')}, device {settings.get('device')}")))
+        if settings.get("guess") == "cs_tv":
+            items.append(("guess", "CS-TV reconstruction of the measurement, refined by the network "
+                                   "(medinvert.guess)"))
     metrics = report.get("metrics")
     if isinstance(metrics, dict):
         zf = metrics.get("zero_filled") or {}
