@@ -172,7 +172,7 @@ def test_extra_crops_cycle_per_step_and_resume_exactly(tiny_data: Path, tmp_path
         _config(tiny_data, tmp_path / "c.pt", 2, extra_crops=(16,), dim="3d").validate()
 
 
-def test_cs_tv_guess_samples_and_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+def test_cs_tv_guess_samples_and_checkpoint(tiny_data: Path, tmp_path: Path, capsys) -> None:
     """``--guess cs_tv``: k-space samples take the CS-TV guess (closer to the clean image than the
     adjoint), every other sample and every clean image is unchanged, and the checkpoint records it."""
     from medinvert.inversion import resolve_network
@@ -197,6 +197,9 @@ def test_cs_tv_guess_samples_and_checkpoint(tiny_data: Path, tmp_path: Path) -> 
     train(_config(tiny_data, out, 2, guess="cs_tv"), SINGLE, progress=False)
     assert read_checkpoint(out)["config"]["conditioning"]["guess"] == "cs_tv"
     assert resolve_network(str(out)).guess == "cs_tv"
+    capsys.readouterr()
+    train(_config(tiny_data, tmp_path / "back.pt", 1, init=str(out)), SINGLE, progress=False)
+    assert "trained with the cs_tv guess; this run uses --guess adjoint" in capsys.readouterr().err
     with pytest.raises(MedinvertError, match="--guess"):
         train(_config(tiny_data, out, 4), SINGLE, resume=True, progress=False)
     with pytest.raises(MedinvertError, match="unknown --guess"):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medinvert.denoiser import edm_coefficients, guess_spread
 from medinvert.errors import MedinvertError
-from medinvert.guess import GUESSES
+from medinvert.guess import GUESSES, guess_of_config
 from medinvert.intensity import FOREGROUND_FRACTION, PERCENTILE
 from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
 from medinvert.models.unet import LipschitzUNet
@@ -312,6 +313,10 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
     if config.init is not None and not (resume and out.exists()):
         initial = read_checkpoint(config.init)  # fine-tuning: start from another run's EMA weights
         model.load_state_dict(initial_state(initial, model, config.init))
+        inherited = guess_of_config(initial["config"])
+        if inherited != config.guess and context.is_main:  # allowed (that is how cs_tv models start), but said
+            print(f"note: --init {config.init} was trained with the {inherited} guess; this run uses --guess "
+                  f"{config.guess}", file=sys.stderr, flush=True)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_step, elapsed = 0, 0.0
     if out.exists() and not resume:
