@@ -1,9 +1,9 @@
 """Quick side-by-side of training checkpoints on k-space reconstruction: one row per checkpoint.
 
-For each checkpoint: `medinvert.engine.run_reconstruction` (``exact``, ``--steps`` or the engine's default
-steps for the model, the engine's default grid) on the held-out evaluation slices of the sample case (`reconstruction.evaluation_slices`) and
-on every slice of nibabel's ``anatomical.nii`` and EPI frame (`zero_shot.nibabel_volumes`), random
-Cartesian masks (seed 0) at 4x / 8x; PSNR (dB, fastMRI: data range = reference volume max).  Used for
+For each checkpoint: `medinvert.engine.run_reconstruction` (``exact``, ``--steps`` or the engine's
+default steps for the model, the engine's default grid) on the held-out evaluation slices of the sample
+case (`reconstruction.evaluation_slices`) and on every slice of nibabel's ``anatomical.nii`` and EPI
+frame (`zero_shot.nibabel_volumes`), random Cartesian masks (seed 0) at 4x / 8x; PSNR (dB, fastMRI: data range = reference volume max).  Used for
 the model-card tables of training experiments (docs/models.md).  The name ``cs-tv`` gives a row of the
 tuned CS-TV baseline (`zero_shot.cs_tv_volume`, `cs_tv.TUNED_LAMBDA`) on the same masks.  Run from the
 repository root::

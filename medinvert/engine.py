@@ -10,10 +10,11 @@ Algorithm (per batch of axial slices; no per-sample optimisation):
    network also gets the guesses of its ``k`` neighbouring slices on each side (`medinvert.models.slab`).
    Wherever the steps below say ``A^H y / s``, read "the guess".
 3. Grid (`default_grid`): for undersampled k-space with the adjoint guess at 20 steps or more a karras
-   grid (Karras et al. 2022, eq. 5) from ``sigma_0 = 10`` (normalised units, `KSPACE_START_SIGMA`), which at 20 steps beats
-   the trailing grid from ``sigma_max`` by 0.3-0.5 dB on training slices and 0.2-0.6 dB on held-out and
-   unseen volumes; below 20 steps, and for the other kinds, the trailing grid (at 10 steps the
-   bit-exact integrator loses to DDIM on karras grids; docs/benchmarks.md).
+   grid (Karras et al. 2022, eq. 5) from ``sigma_0 = 10`` (normalised units, `KSPACE_START_SIGMA`),
+   which at 20 steps beats the trailing grid from ``sigma_max`` by 0.3-0.5 dB on training slices and
+   0.2-0.6 dB on held-out and unseen volumes; below 20 steps, for the CS-TV guess, and for the other
+   kinds, the trailing grid (at 10 steps the bit-exact integrator loses to DDIM on karras grids;
+   docs/benchmarks.md).
    Deterministic start at the top of the grid ``sigma_0``, in DDIM-ODE coordinates (``start=``):
    ``"guess"`` (default): ``xbar_0 = A^H y / s`` -- the noise-free point of the guess.  The first
    prediction is then the network's estimate of ``E[x0 | A^H y]`` and the probability-flow ODE

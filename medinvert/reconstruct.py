@@ -294,7 +294,8 @@ def reconstruct_volume(
                      "device": device, "versions": _versions(), "intensity_scale": run.scale,
                      "sigma_start": run.sigmas[0] if run.sigmas else None,
                      "grid": ("karras from the noise level of the image" if is_denoising(observation)
-                              else f"{default_grid(observation, resolved.schedule, steps, resolved.guess)[0]} from sigma_start"),
+                              else f"{default_grid(observation, resolved.schedule, steps, resolved.guess)[0]} "
+                                   "from sigma_start"),
                      "start_used": ("the noisy image, at its own noise level (start and spacing do not apply)"
                                     if is_denoising(observation) else start)},
         "data_consistency": {"relative_residual": _relative_residual(observation, volume),

@@ -21,9 +21,9 @@ samples an uninterrupted one would have seen):
    like everything else.
 
 Returned dict (tensors, float32): ``x0 (1, crop, crop)`` clean image, ``adjoint (1 + 2k, crop, crop)``
-real part of ``A^H y`` or the CS-TV guess (for 2.5D training with ``neighbours = k``: the slab of `medinvert.models.slab`,
-centre first; the ``2k + 1`` slices are augmented and corrupted together, as one small volume),
-``descriptor (DESCRIPTOR_LENGTH,)``.
+real part of ``A^H y`` or the CS-TV guess (for 2.5D training with ``neighbours = k``: the slab of
+`medinvert.models.slab`, centre first; the ``2k + 1`` slices are augmented and corrupted together, as one
+small volume), ``descriptor (DESCRIPTOR_LENGTH,)``.
 """
 
 from __future__ import annotations
