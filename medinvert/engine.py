@@ -65,7 +65,7 @@ from medinvert.denoiser import Denoiser
 from medinvert.errors import MedinvertError, NumericalError
 from medinvert.guess import conditioning_volume, kspace_tv_guess, uses_tv
 from medinvert.intensity import robust_scale
-from medinvert.models.slab import slab_stack
+from medinvert.models.slab import slab_indices, slab_stack
 from medinvert.models.volume import as_slice_network
 from medinvert.operators import Observation
 from medinvert.operators.base import LinearOperator
@@ -327,8 +327,10 @@ def run_reconstruction(
     neighbours = _slab_neighbours(net)
     if neighbours and _n_cond_channels(net) != 1:
         raise MedinvertError("2.5D networks need exactly one conditioning image (the adjoint) per slice")
-    adjoint_slices = (volume_to_slices(conditioning_volume(obs, guess)).to(torch.float64) / scale
-                      if neighbours else None)
+    adjoint_slices = None
+    if neighbours:  # 2.5D: the guesses of every slice the batches need (theirs and their neighbours')
+        needed = sorted({j for k in todo for j in slab_indices(k, neighbours, z_size)})
+        adjoint_slices = volume_to_slices(conditioning_volume(obs, guess, needed)).to(torch.float64) / scale
     started = time.perf_counter()
     nfe = 0
     for b0 in range(0, len(todo), batch_size):
@@ -338,7 +340,8 @@ def run_reconstruction(
         y = torch.cat([p.y for p in problems])
         operator = _stack_operator(obs, problems)
         if tv_guess:  # the CS-TV reconstruction of these slices replaces A^H y as conditioning and start
-            adjoint = kspace_tv_guess(y[:, 0], operator.mask[:, 0])[:, None]  # type: ignore[attr-defined]
+            adjoint = (adjoint_slices[chunk][:, None] if adjoint_slices is not None  # 2.5D: computed above
+                       else kspace_tv_guess(y[:, 0], operator.mask[:, 0])[:, None])  # type: ignore[attr-defined]
         extra = adjoint.to(torch.float32) if takes_adjoint else None
         if adjoint_slices is not None:  # 2.5D: the adjoints of the neighbouring slices as well
             extra = slab_stack(adjoint_slices, chunk, neighbours).to(torch.float32)

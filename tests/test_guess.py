@@ -168,3 +168,9 @@ def test_2p5d_network_sees_the_guesses_of_its_neighbours() -> None:
     fed = net.seen[0]
     assert fed.shape == expected.shape
     assert torch.allclose(fed, expected, rtol=1e-5, atol=1e-6)
+    # a run of some slices solves only those and their neighbours, and feeds the same stacks
+    part = _Recorder().eval()
+    part.config = dict(net.config)
+    run_reconstruction(observation, part, make_schedule("linear"), method="ddim", steps=1, batch_size=5,
+                       prediction="edm_adjoint", guess="cs_tv", slices=range(1, 3))
+    assert torch.equal(part.seen[0], fed[1:3])
