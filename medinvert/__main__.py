@@ -1,8 +1,6 @@
 """`python -m medinvert ...` (also what `torchrun -m medinvert ...` runs)."""
 
-import sys
-
-from medinvert.cli import main
+from medinvert.cli import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

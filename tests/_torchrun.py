@@ -5,20 +5,22 @@ and one intra-op thread per process.  On failure the assertion shows the ranks' 
 torchrun's summary at the end of stderr names only the exit signal, and the reason a rank aborted
 (e.g. a gloo transport exception) is printed earlier.
 
-A launch whose worker was killed by SIGABRT is run once more, with a warning carrying that worker's
-error lines: one such abort was seen in CI (a fresh machine, 1 of ~1000 launches; 40 launches here
-under load did not repeat it) and gloo's TCP transport is known to abort a process from a background
-thread when a peer socket closes early (pytorch/gloo#514).  A second abort, or any other failure,
-fails the test.
+A launch whose worker was killed by SIGABRT is run once more (after removing the ``outputs`` the first
+launch may have written), with a warning carrying that worker's error lines.  Finished gloo workers
+used to abort during interpreter teardown (2 of 36 launches on a loaded 2-core machine, twice in
+CI); `medinvert.cli.exit_process` now skips that teardown and 200 launches showed no abort, but gloo's TCP transport is also known to abort a process from a background thread when a peer
+socket closes early (pytorch/gloo#514).  A second abort, or any other failure, fails the test.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 __all__ = ["free_port", "run_torchrun", "rank_errors"]
@@ -40,15 +42,24 @@ def rank_errors(stderr: str, limit: int = 60) -> str:
     return "\n".join(lines[:limit]) + "\n--- tail ---\n" + stderr[-1500:]
 
 
-def run_torchrun(arguments: Sequence[str], *, nproc: int = 2, timeout: float = 300,
+def run_torchrun(arguments: Sequence[str], *, outputs: Sequence[Path], nproc: int = 2, timeout: float = 300,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``medinvert ARGUMENTS`` under torchrun with ``nproc`` processes; returns the finished process."""
+    """Run ``medinvert ARGUMENTS`` under torchrun with ``nproc`` processes; returns the finished process.
+
+    ``outputs``: the files and folders the command writes, removed before a relaunch (a checkpoint
+    left by the first launch would be refused, finished cases would be skipped).
+    """
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", "-m", "medinvert", *arguments]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MEDINVERT_THREADS": "1", **(env or {})}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0 and "(SIGABRT)" in result.stderr:
         warnings.warn(f"torchrun worker aborted; launching once more. Its errors:\n{rank_errors(result.stderr)}")
+        for path in outputs:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         command[command.index(next(c for c in command if c.startswith("--master_port=")))] = f"--master_port={free_port()}"
         result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
     return result

@@ -246,7 +246,7 @@ def test_demo_on_a_thin_slab(capsys, tmp_path, model):
 def test_torchrun_two_processes_shard_the_cases(tmp_path, model, corrupted):
     out = tmp_path / "out"
     done = run_torchrun(["reconstruct", str(corrupted["obs"]), "--out", str(out), "--model", str(model),
-                         "--threads", "1", *FAST])
+                         "--threads", "1", *FAST], outputs=[out])
     assert done.returncode == 0, rank_errors(done.stderr)
     stems = ["head0_t1", "head1_t1", "head2_t1"]
     for stem in stems:

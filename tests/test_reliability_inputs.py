@@ -499,3 +499,17 @@ def test_process_exit_code_and_one_line_without_traceback(ws, tmp_path, case):
     assert name in done.stderr and problem in done.stderr
     assert not out.exists() and not (tmp_path / "PWNED").exists()
     assert _digests(ws.root, tmp_path) == before
+
+
+def test_a_worker_of_a_multi_process_launch_keeps_its_output_and_exit_code(tmp_path):
+    """Under torchrun (``WORLD_SIZE`` > 1) a finished worker leaves through ``os._exit`` (see
+    `medinvert.cli.exit_process`): its buffered stdout / stderr must still arrive, with its exit code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": "1"}
+    env.pop("PYTHONUNBUFFERED", None)  # piped output is block-buffered, as it is under torchrun
+    listed = subprocess.run([sys.executable, "-m", "medinvert", "models"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    alone = _process(["models"], tmp_path)
+    assert listed.returncode == 0 and listed.stdout == alone.stdout and "t1" in listed.stdout
+    missing = subprocess.run([sys.executable, "-m", "medinvert", "info", str(tmp_path / "absent.nii.gz")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "absent.nii.gz" in missing.stderr

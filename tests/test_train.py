@@ -102,7 +102,7 @@ def test_torchrun_two_processes_on_cpu(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp.pt"
     result = run_torchrun(["train", str(tiny_data), "--modality", "t1", "--steps", "2", "--out", str(out),
                            "--batch-size", "2", "--crop", "32", "--channels", "8,16", "--threads", "1",
-                           "--no-progress"])
+                           "--no-progress"], outputs=[out, out.with_suffix(".log.jsonl")])
     assert result.returncode == 0, rank_errors(result.stderr)
     model, config = load_checkpoint(out)
     assert config["training"]["completed_steps"] == 2

@@ -80,5 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def exit_process(code: int) -> None:
+    """End the process with ``code``; a worker of a multi-process launch skips interpreter finalization.
+
+    A gloo worker that has finished (outputs closed, final barrier passed, group destroyed) can still
+    abort while the interpreter and the C++ runtime tear down -- "terminate called without an active
+    exception", SIGABRT, seen in about 1 of 30 two-process launches on a 2-core machine -- which
+    torchrun reports as a failed run although every output was written.  Nothing is left to do at
+    that point, so such a worker flushes its streams and leaves with ``os._exit``.  A single process
+    exits normally.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def console_main() -> None:  # pragma: no cover - thin wrapper
-    sys.exit(main())
+    exit_process(main())
