@@ -8,8 +8,9 @@ torchrun's summary at the end of stderr names only the exit signal, and the reas
 A launch whose worker was killed by SIGABRT is run once more (after removing the ``outputs`` the first
 launch may have written), with a warning carrying that worker's error lines.  Finished gloo workers
 used to abort during interpreter teardown (2 of 36 launches on a loaded 2-core machine, twice in
-CI); `medinvert.cli.exit_process` now skips that teardown and 200 launches showed no abort, but gloo's TCP transport is also known to abort a process from a background thread when a peer
-socket closes early (pytorch/gloo#514).  A second abort, or any other failure, fails the test.
+CI); `medinvert.cli.exit_process` now skips that teardown and 200 launches showed no abort.  But
+gloo's TCP transport is also known to abort a process from a background thread when a peer socket
+closes early (pytorch/gloo#514).  A second abort, or any other failure, fails the test.
 """
 
 from __future__ import annotations
