@@ -140,11 +140,26 @@ def test_brats_folder_with_corruption_and_resume(capsys, tmp_path, model, make_b
                            "--model", model, *select, *FAST)
     assert code == 0 and "1 done, 1 skipped, 0 failed" in stdout
 
+    # other settings into the same folder: each volume fails, naming what changed; nothing is touched
+    before = {p: p.read_bytes() for p in out.iterdir() if p.name != "summary.csv"}
+    code, stdout, stderr = _run(capsys, "reconstruct", root, "--corruption", "kspace:8", "--out", out,
+                                "--model", model, *select, *FAST[:1], "4", *FAST[2:])
+    assert code == 2 and "0 done, 0 skipped, 2 failed" in stdout
+    assert stderr.count("other settings") == 2 and "steps: 3 -> 4" in stderr and "acceleration: 4.0 -> 8.0" in stderr
+    assert before == {p: p.read_bytes() for p in out.iterdir() if p.name != "summary.csv"}
+
+    recon = out / "BraTS2021_00007_t1_recon.nii.gz"  # damaged after the run (outputs are written atomically)
+    recon.write_bytes(recon.read_bytes()[:300])
+    code, stdout, stderr = _run(capsys, "reconstruct", root, "--corruption", "kspace:4", "--out", out,
+                                "--model", model, *select, *FAST)
+    assert code == 0 and "1 done, 1 skipped, 0 failed" in stdout and "earlier outputs were damaged" in stderr
+    assert recon.read_bytes() == before[recon]  # redone: deterministic, so the same bytes as the first run
+
 
 def test_dicom_series_with_corruption(capsys, tmp_path, model, make_dicom_series):
     from medinvert.io import load_volume
 
-    spec = make_dicom_series(tmp_path / "T1_series", n_slices=4, rows=20, cols=24)
+    spec = make_dicom_series(tmp_path / "T1_series", n_slices=4, rows=20, cols=24, description="AX T1 SE")
     out = tmp_path / "out"
     code, stdout, stderr = _run(capsys, "reconstruct", spec.folder, "--corruption", "kspace:4", "--out", out,
                                 "--model", model, *FAST)
@@ -214,7 +229,7 @@ def test_evaluate_end_to_end(capsys, tmp_path):
     assert code == 0 and "PSNR" in stdout and f"{result['volume']['psnr']:.3f}" in stdout
     code, _, stderr = _run(capsys, "evaluate", tmp_path / "recon.nii.gz", tmp_path / "ref.nii.gz", "--mask",
                            tmp_path / "small.nii.gz")
-    assert code == 2 and "mask shape" in stderr
+    assert code == 2 and "small.nii.gz: shape (32, 28, 2) differs" in stderr and "recon.nii.gz" in stderr
     code, stdout, _ = _run(capsys, "evaluate", tmp_path / "ref.nii.gz", tmp_path / "ref.nii.gz", "--json")
     assert code == 0 and json.loads(stdout)["volume"]["psnr"] == "inf"
 

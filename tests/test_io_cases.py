@@ -160,3 +160,28 @@ def test_volume_stem(tmp_path: Path) -> None:
     (tmp_path / "series_07").mkdir()
     assert volume_stem(tmp_path / "series_07") == "series_07"
     assert load_volume is not None
+
+
+def test_a_folder_of_unreadable_dicom_files_is_one_failing_case(make_dicom_series, tmp_path: Path) -> None:
+    """One broken case must not hide the others: find_cases lists it with its error, loading it raises."""
+    root = tmp_path / "cases"
+    make_dicom_series(root / "good1", n_slices=3, seed=1)
+    make_dicom_series(root / "good2", n_slices=3, seed=2)
+    bad = make_dicom_series(root / "bad", n_slices=3, seed=3)
+    (bad.folder / "notes.dcm").write_text("not a DICOM file")
+    cases = {case.case_id: case for case in find_cases(root)}
+    assert sorted(cases) == ["bad", "good1", "good2"]
+    assert cases["good1"].error is None and cases["good1"].load("t2").shape[-1] == 3  # "AX T2 TSE"
+    assert "notes.dcm" in cases["bad"].error
+    with pytest.raises(MedinvertError, match="notes.dcm: is not a DICOM image file"):
+        cases["bad"].load("t2")
+    with pytest.raises(MedinvertError, match="notes.dcm: is not a DICOM image file"):
+        find_cases(bad.folder)  # alone, the error is raised at once
+
+
+def test_series_description_names_the_modality() -> None:
+    from medinvert.io.naming import guess_series_modality
+
+    cases = {"T2 axial": "t2", "AX T2 FLAIR": "flair", "t2_tirm_tra_dark-fluid": "flair", "t1_mprage_sag": "t1",
+             "AX T1 +C": "t1ce", "T1 post Gd": "t1ce", "T2W_TSE": "t2", "localizer": None, "DWI b1000": None, "": None}
+    assert {text: guess_series_modality(text) for text in cases} == cases

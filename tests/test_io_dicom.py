@@ -216,3 +216,53 @@ def test_absurd_matrix_refused_before_reading_pixels(dicom_series, tmp_path: Pat
         ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
     with pytest.raises(MedinvertError, match="limit"):
         load_volume(folder)
+
+
+@pytest.mark.parametrize("keep_bytes, problem", [(200, "is truncated"), (1000, "has no pixel data")])
+def test_truncated_slice_file_is_named_not_dropped(dicom_series, keep_bytes: int, problem: str) -> None:
+    """A slice cut short (a failed copy) in its header parses as an empty or image-class data set
+    without Rows, after it as one without pixel data; dropping it would silently give a volume with
+    one slice less."""
+    victim = min(dicom_series.files)
+    victim.write_bytes(victim.read_bytes()[:keep_bytes])
+    with pytest.raises(MedinvertError, match=f"{victim.name}: DICOM image file {problem}"):
+        load_volume(dicom_series.folder)
+    with pytest.raises(MedinvertError, match="truncated"):
+        load_volume(victim)
+
+
+@pytest.mark.parametrize("size", [0, 100])
+def test_stub_without_extension_among_series_files_is_refused(make_dicom_series, tmp_path: Path, size: int) -> None:
+    spec = make_dicom_series(tmp_path / "series", n_slices=4, prefix="IM")
+    extensionless = [path.rename(path.with_suffix("")) for path in spec.files]
+    extensionless[0].write_bytes(b"\x00" * size)
+    with pytest.raises(MedinvertError, match=f"{extensionless[0].name}: is {size} bytes, too short for a DICOM file"):
+        load_volume(spec.folder)
+    (spec.folder / "NOTES").write_text("x" * 300)  # an ordinary extension-less file is still skipped
+    extensionless[0].unlink()
+    assert load_volume(spec.folder).shape[-1] == 3
+
+
+def test_slice_moved_within_its_plane_is_refused(dicom_series) -> None:
+    path = dicom_series.files[3]
+    ds = pydicom.dcmread(path)
+    in_plane = np.asarray(dicom_series.orientation[:3])  # along the row direction: spacing along the normal unchanged
+    moved = np.asarray([float(v) for v in ds.ImagePositionPatient]) + 7 * in_plane
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in moved]
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(MedinvertError, match="7 mm off the line"):
+        load_volume(dicom_series.folder)
+
+
+def test_gantry_tilt_stays_on_its_line_and_loads(make_dicom_series, tmp_path: Path) -> None:
+    """Tilted slices are shifted in-plane by the same amount per slice: accepted, with a sheared affine
+    whose third column is the step between slice origins."""
+    spec = make_dicom_series(tmp_path / "tilt", n_slices=5, shuffle=False)
+    shift = np.asarray(spec.orientation[3:]) * 0.8  # along the column direction
+    for k, path in enumerate(spec.files):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in spec.positions[k] + k * shift]
+        ds.save_as(path, enforce_file_format=True)
+    volume = load_volume(spec.folder)
+    step = LPS_TO_RAS @ (spec.positions[1] + shift - spec.positions[0])
+    assert np.allclose(volume.affine.numpy()[:3, 2], step, atol=1e-5)

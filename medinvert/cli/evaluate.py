@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
         raise MedinvertError("has no positive voxel, so the fastMRI data range (its maximum) is undefined",
                              path=args.reference)
     for other, path in ((reference, args.reference), (mask, args.mask)):
-        if other is not None and tuple(other.shape) == tuple(recon.shape) and _affines_differ(recon, other):
+        if other is not None and tuple(other.shape) != tuple(recon.shape):
+            raise MedinvertError(f"shape {tuple(other.shape)} differs from the reconstruction's {tuple(recon.shape)} "
+                                 f"({args.recon})", path=path)
+        if other is not None and _affines_differ(recon, other):
             print(f"medinvert evaluate: warning: {path} has a different affine than {args.recon} (compared voxel "
                   "by voxel)", file=sys.stderr)
     result = evaluate_volumes(recon, reference, mask)

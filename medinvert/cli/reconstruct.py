@@ -23,7 +23,9 @@ Behaviour:
 * Everything that can be checked without reconstructing (options, corruption spec, input discovery,
   output names, the reference, the models) is checked before anything is written.
 * Resumable: a volume whose output files all exist is skipped (said on stderr) unless
-  ``--overwrite``; a volume with only some of its files (an interrupted run) is redone, and the
+  ``--overwrite``.  Before skipping, its outputs must read back whole (else it is redone) and its
+  report must name this run's settings (else that volume fails: `medinvert.cli.resume`).  A
+  volume with only some of its files (an interrupted run) is redone, and the
   hidden temporary files a killed run may have left for its outputs are deleted first
   (`medinvert.io.atomic.remove_stale_temporaries`).  A killed and restarted run ends with the same
   bytes as an uninterrupted one.
@@ -45,6 +47,7 @@ Behaviour:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,23 +346,32 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     Raises `MedinvertError` (and anything else) for the caller to report; nothing partial is left
     behind because every file is written atomically.
     """
+    from medinvert.cli.resume import changed_settings, damaged_outputs
+    from medinvert.errors import MedinvertError
     from medinvert.inversion import check_model_modality
     from medinvert.io import load_volume
     from medinvert.io.atomic import remove_stale_temporaries
     from medinvert.reconstruct import reconstruct_volume
-    from medinvert.report import output_paths, read_json_report, write_outputs
+    from medinvert.report import output_paths, write_outputs
 
     out = Path(args.out)
     paths = output_paths(out, job.stem, save_latent=args.save_latent)
     remove_stale_temporaries(paths.files)  # a killed earlier run's half-written files (ours alone)
+    network = models[model_name_for(job, args.model)]
+    note = ""
     if paths.complete() and not args.overwrite:
-        try:
-            previous = read_json_report(paths.report_json)
-        except Exception:  # noqa: BLE001 - the summary only loses the numbers
-            previous = None
-        return _row(job, "skipped", paths.recon, previous, "outputs exist (--overwrite to redo)")
+        previous, damage = damaged_outputs(paths.recon, paths.report_json)
+        if damage is None:
+            request = {"method": args.method, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                       "start": args.start, "model_sha256": network.reference.get("sha256")}
+            changed = changed_settings(previous, request, args.corruption if job.kind == "volume" else None)
+            if changed:
+                raise MedinvertError(f"outputs exist from a run with other settings ({'; '.join(changed)}); pass "
+                                     "--overwrite to redo them or choose another --out", path=paths.recon)
+            return _row(job, "skipped", paths.recon, previous, "outputs exist (--overwrite to redo)")
+        note = f"redone: earlier outputs were damaged ({damage})"
     if not getattr(args, "allow_modality_mismatch", False):
-        check_model_modality(models[model_name_for(job, args.model)], job.modality, job.source)
+        check_model_modality(network, job.modality, job.source)
     source_volume = None
     if job.kind == "volume":
         source_volume = load_volume(job.source, series_uid=job.series_uid)
@@ -369,14 +381,14 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     else:
         source = job.source
     result = reconstruct_volume(
-        source, models[model_name_for(job, args.model)], corruption=args.corruption if job.kind == "volume" else None,
+        source, network, corruption=args.corruption if job.kind == "volume" else None,
         measured=args.measured if job.kind == "volume" else None,
         method=args.method, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, device=device,
         reference=reference, seed=args.seed, start=args.start, checks=args.checks, return_latent=args.save_latent, progress=progress,
         threads=args.threads)
     report = write_outputs(result, paths, reference=reference, source_volume=source_volume,
                            title=f"medinvert reconstruction: {job.stem}")
-    return _row(job, "done", paths.recon, report)
+    return _row(job, "done", paths.recon, report, note)
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -415,9 +427,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from medinvert.engine import default_model_name
     from medinvert.errors import MedinvertError
     from medinvert.io import load_volume
     from medinvert.io.atomic import remove_stale_temporaries
+    from medinvert.io.naming import MODALITIES
     from medinvert.train.distributed import init_distributed, shutdown_distributed
 
     _validate_options(args)
@@ -430,6 +444,11 @@ def run(args: argparse.Namespace) -> int:
     if reference is not None:
         _check_reference_shape(jobs[0], tuple(reference.shape), args.reference)
     models = _resolve_models(jobs, args.model)
+    unknown = [job.stem for job in jobs if args.model is None and job.modality not in MODALITIES]
+    if unknown and os.environ.get("RANK", "0") == "0":
+        listed = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        print(f"medinvert reconstruct: note: no modality in the name or series description of {listed}; using the "
+              f"{default_model_name(None)} model (--model NAME|PATH to choose)", file=sys.stderr)
 
     context = init_distributed(args.device)
     try:
@@ -455,6 +474,8 @@ def run(args: argparse.Namespace) -> int:
                     tqdm.write(f"medinvert reconstruct: skipped {job.stem}: outputs exist (--overwrite to redo)",
                                file=sys.stderr)
                 else:
+                    if row["message"]:  # e.g. redone because the earlier outputs were damaged
+                        tqdm.write(f"medinvert reconstruct: {job.stem}: {row['message']}", file=sys.stderr)
                     tqdm.write(_describe(row), file=sys.stdout)
             rows.append(row)
         if context.active:

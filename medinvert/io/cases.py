@@ -11,6 +11,9 @@ Layouts recognised (all may be mixed under one root, searched recursively, hidde
 * Every DICOM series (grouped by SeriesInstanceUID, anywhere below the root) is its own case: key
   ``"image"`` -> the deepest folder holding the series' files, ``series_uid`` set; id = that folder's
   name when the folder holds one series, else ``<folder>_<SeriesDescription>_<uid tail>``.
+* A folder whose DICOM files cannot be read (a truncated slice, a text file named ``.dcm``) is one
+  case with ``error`` set: loading it raises that error, so a batch fails that case alone and goes on
+  with the others.  When it is the only case found, `find_cases` raises the error itself.
 
 Ids that would collide get their relative folder path prepended (``sub1_brain``), then a counter.
 """
@@ -24,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from medinvert.errors import MedinvertError
 from medinvert.io.dicom import iter_image_files, scan_dicom_files, series_info
-from medinvert.io.naming import MODALITIES, guess_modality, is_nifti_name, parse_brats_name, volume_stem
+from medinvert.io.naming import (MODALITIES, guess_modality, guess_series_modality, is_nifti_name, parse_brats_name,
+                                 volume_stem)
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.data import MetaTensor
@@ -45,12 +49,14 @@ class Case:
     ``paths`` maps canonical modality names (``t1``, ``t1ce``, ``t2``, ``flair``, ``seg``), or
     ``"image"`` when the modality is unknown, to a NIfTI file or a DICOM series folder.
     ``series_uid`` is set for DICOM series (pass it to `load_volume`); ``None`` otherwise.
+    ``error`` is set for a folder of unreadable DICOM files (the reason, naming the file).
     Hashing uses ``case_id`` and ``series_uid`` only.
     """
 
     case_id: str
     paths: dict[str, Path] = field(hash=False)
     series_uid: str | None = None
+    error: str | None = field(default=None, hash=False, compare=False)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -61,6 +67,8 @@ class Case:
         """Load one image of the case with `medinvert.io.load_volume`."""
         from medinvert.io.load import load_volume
 
+        if self.error is not None:
+            raise MedinvertError(self.error)
         if key not in self.paths:
             raise MedinvertError(f"case {self.case_id} has no {key!r} image (has: {', '.join(self.paths)})")
         return load_volume(self.paths[key], series_uid=self.series_uid)
@@ -106,6 +114,24 @@ def _single_file_case(path: Path) -> Case:
     return Case(volume_stem(path), {guess_modality(path) or "image": path}, next(iter(groups)))
 
 
+def _scan_folders(files: list[Path]) -> tuple[dict[str, list[tuple[Path, Any]]], dict[Path, str]]:
+    """`scan_dicom_files` one folder at a time: (series uid -> members in path order, folder -> error)."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in files:
+        by_folder.setdefault(path.parent, []).append(path)
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    broken: dict[Path, str] = {}
+    for folder, members in sorted(by_folder.items()):
+        try:
+            found = scan_dicom_files(members)
+        except MedinvertError as exc:
+            broken[folder] = str(exc)
+            continue
+        for uid, series in found.items():
+            groups.setdefault(uid, []).extend(series)
+    return {uid: sorted(series, key=lambda m: m[0]) for uid, series in sorted(groups.items())}, broken
+
+
 def find_cases(root: str | Path) -> list[Case]:
     """All cases under ``root`` (a file or a folder), sorted by ``case_id``; see the module docstring.
 
@@ -141,7 +167,11 @@ def find_cases(root: str | Path) -> list[Case]:
         location = folder if folder.name == case_id else folder / case_id
         entries.append((case_id, location, ("brats", case_paths)))
 
-    groups = scan_dicom_files([f for f in files if not is_nifti_name(f)])
+    groups, broken = _scan_folders([f for f in files if not is_nifti_name(f)])
+    if broken and not groups and not entries and len(broken) == 1:
+        raise MedinvertError(next(iter(broken.values())))
+    for folder, error in broken.items():
+        entries.append((volume_stem(folder), folder, ("broken", error)))
     infos = [series_info(uid, members) for uid, members in groups.items()]
     per_folder: dict[Path, int] = {}
     for info in infos:
@@ -159,14 +189,15 @@ def find_cases(root: str | Path) -> list[Case]:
         raise MedinvertError("no NIfTI or DICOM images found", path=root)
     entries.sort(key=lambda e: (e[0], str(e[1])))
     cases = []
-    for case_id, (_, _, (kind, payload)) in zip(_unique_ids(entries, root), entries):
+    for case_id, (_, location, (kind, payload)) in zip(_unique_ids(entries, root), entries):
         if kind == "nifti":
             cases.append(Case(case_id, {guess_modality(payload) or "image": payload}))
         elif kind == "brats":
             cases.append(Case(case_id, _ordered(payload)))
+        elif kind == "broken":
+            cases.append(Case(case_id, {guess_modality(location) or "image": location}, error=payload))
         else:
-            modality = guess_modality(payload.folder) or (
-                guess_modality(payload.description.replace(" ", "_")) if payload.description else None)
+            modality = guess_modality(payload.folder) or guess_series_modality(payload.description)
             cases.append(Case(case_id, {modality or "image": payload.folder}, payload.series_uid))
     return sorted(cases, key=lambda c: (c.case_id, c.series_uid or ""))
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from medinvert.errors import MedinvertError
-from medinvert.io.naming import DICOM_SUFFIXES, guess_modality, is_nifti_name
+from medinvert.io.naming import DICOM_SUFFIXES, guess_modality, guess_series_modality, is_nifti_name
 from medinvert.io.nifti import check_voxel_count, exception_reason, make_meta_tensor
 from medinvert.io.quiet import quiet_readers
 
@@ -55,6 +55,8 @@ __all__ = [
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _ORIENTATION_TOL = 1e-4  # max difference between direction cosines of slices of one stack
+_NO_PIXELS = "DICOM image file has no pixel data (a truncated copy, or a header without its image)"
+_PART10_HEADER = 132  # bytes before the first element of a Part 10 file: preamble + "DICM"
 
 
 @dataclass(frozen=True)
@@ -168,22 +170,41 @@ def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Datas
     pixel data is an error.  NIfTI files are ignored.
     """
     groups: dict[str, list[tuple[Path, "Dataset"]]] = {}
+    stubs: list[Path] = []  # name without extension, too short for a DICOM header: a damaged slice?
     for path in sorted(files):
         if is_nifti_name(path):
             continue
         if not (is_dicom_file(path) or path.name.lower().endswith(DICOM_SUFFIXES)):
+            if not path.suffix and path.stat().st_size < _PART10_HEADER:
+                stubs.append(path)
             continue
         with _malformed_as_user_error(path):
             ds = _read_dataset(path)
             if "Rows" not in ds and not _has_pixels(ds):
-                continue
+                _refuse_truncated(ds, path)
+                continue  # a non-image object: report, presentation state, ...
             if not _has_pixels(ds):
-                raise MedinvertError("DICOM file has no pixel data", path=path)
+                raise MedinvertError(_NO_PIXELS, path=path)
             uid = str(ds.get("SeriesInstanceUID", "")).strip()
         if not uid:
             raise MedinvertError("DICOM file has no SeriesInstanceUID", path=path)
         groups.setdefault(uid, []).append((path, ds))
+    series_folders = {p.parent for members in groups.values() for p, _ in members}
+    for path in stubs:
+        if path.parent in series_folders:
+            raise MedinvertError(f"is {path.stat().st_size} bytes, too short for a DICOM file, among the files of a "
+                                 "DICOM series: a truncated copy of a slice? (remove it if it is not one)", path=path)
     return dict(sorted(groups.items()))
+
+
+def _refuse_truncated(ds: "Dataset", path: Path) -> None:
+    """Raise when a file without Rows / pixel data is a cut-off image rather than a non-image object:
+    its data set is empty, or its SOP class (or its file meta's) is an image storage class."""
+    meta = getattr(ds, "file_meta", None)
+    classes = (ds.get("SOPClassUID"), None if meta is None else meta.get("MediaStorageSOPClassUID"))
+    if len(ds) == 0 or any(uid is not None and "Image Storage" in str(getattr(uid, "name", "")) for uid in classes):
+        raise MedinvertError("DICOM image file is truncated: its header ends before Rows and the pixel data",
+                             path=path)
 
 
 def series_info(uid: str, members: list[tuple[Path, "Dataset"]]) -> DicomSeriesInfo:
@@ -250,7 +271,7 @@ def _frame_from_values(ipp: Any, iop: Any, spacing: Any, ds: "Dataset", path: Pa
         raise MedinvertError("DICOM image lacks PixelSpacing", path=path)
     ps = _floats(spacing, 2, "PixelSpacing", path)
     if np.any(ps <= 0):
-        raise MedinvertError(f"DICOM PixelSpacing must be positive ({list(ps)})", path=path)
+        raise MedinvertError(f"DICOM PixelSpacing must be positive ({ps.tolist()})", path=path)
     return _Frame(
         position=_floats(ipp, 3, "ImagePositionPatient", path),
         orientation=_floats(iop, 6, "ImageOrientationPatient", path),
@@ -329,7 +350,8 @@ def _assemble(frames: list[_Frame], read_pixels: Callable[[list[int]], list[np.n
     row_dir, col_dir = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row_dir, col_dir)
     if abs(np.linalg.norm(normal) - 1.0) > 1e-2 or abs(float(row_dir @ col_dir)) > 1e-2:
-        raise MedinvertError(f"ImageOrientationPatient is not two orthonormal directions ({list(first.orientation)})",
+        raise MedinvertError("ImageOrientationPatient is not two orthonormal directions "
+                             f"({first.orientation.tolist()})",
                              path=path)
     check_voxel_count((first.columns, first.rows, len(frames)), path)
     projections = np.array([float(f.position @ normal) for f in frames])
@@ -351,6 +373,7 @@ def _assemble(frames: list[_Frame], read_pixels: Callable[[list[int]], list[np.n
             raise MedinvertError(f"non-uniform slice spacing ({np.min(steps):.4g} to {np.max(steps):.4g} mm): missing "
                                  "slices?", path=path)
         lps[:3, 2] = (frames[order[-1]].position - frames[order[0]].position) / (len(frames) - 1)
+        _check_collinear([frames[i].position for i in order], lps[:3, 2], normal, min(first.pixel_spacing), path)
     else:
         lps[:3, 2] = normal * (first.thickness or 1.0)
     pixels = read_pixels(order)
@@ -362,6 +385,27 @@ def _assemble(frames: list[_Frame], read_pixels: Callable[[list[int]], list[np.n
         frame = frames[index]
         data[:, :, k] = (slice_pixels.astype(np.float64) * frame.slope + frame.intercept).T
     return data, LPS_TO_RAS @ lps
+
+
+def _check_collinear(positions: list[np.ndarray], step: np.ndarray, normal: np.ndarray, pixel: float,
+                     path: Path) -> None:
+    """Refuse a stack whose slice origins (sorted, (3,) each, mm) leave the line ``positions[0] + k * step``
+    within the slice plane (``normal``: unit (3,) slice normal).
+
+    The slice-normal spacing is checked separately; this catches a slice moved within its plane,
+    which one affine cannot describe.  A gantry tilt shifts every slice by the same amount per slice,
+    so its origins stay on the line (the affine's third column is then oblique to the slices).
+    Tolerance: 2 % of a pixel (positions are often written with 2 to 4 decimals).
+    """
+    tolerance = max(1e-3, 0.02 * pixel)
+    expected = positions[0] + np.arange(len(positions))[:, None] * step[None, :]
+    residual = np.stack(positions) - expected
+    offsets = np.linalg.norm(residual - (residual @ normal)[:, None] * normal[None, :], axis=1)
+    worst = int(np.argmax(offsets))
+    if offsets[worst] > tolerance:
+        raise MedinvertError(f"slice {worst + 1} of {len(positions)} (sorted along the normal) lies "
+                             f"{offsets[worst]:.3g} mm off the line through the other slice positions: slices "
+                             "moved within their plane (several stacks in one series?)", path=path)
 
 
 def _pixel_array(ds: "Dataset", path: Path) -> np.ndarray:
@@ -377,8 +421,8 @@ def _pixel_array(ds: "Dataset", path: Path) -> np.ndarray:
 def _meta(path: Path, ds: "Dataset", uid: str, name_for_modality: Path, n_files: int) -> dict[str, Any]:
     modality = guess_modality(name_for_modality)
     description = str(ds.get("SeriesDescription", "")).strip()
-    if modality is None and description:
-        modality = guess_modality(description.replace(" ", "_"))
+    if modality is None:
+        modality = guess_series_modality(description)
     return {
         "filename_or_obj": str(path),
         "modality": modality,
@@ -412,8 +456,9 @@ def _read_members_unchecked(members: list[tuple[Path, "Dataset"]], uid: str, lab
                             name_for_modality: Path) -> "MetaTensor":
     multi = [p for p, ds in members if _int(ds, "NumberOfFrames", 1, p) > 1]
     if multi and len(members) > 1:
-        raise MedinvertError(f"series {uid} mixes {len(multi)} multi-frame files with other files; pass one file",
-                             path=label)
+        what = (f"holds {len(members)} multi-frame files" if len(multi) == len(members)
+                else f"mixes {len(multi)} multi-frame files with {len(members) - len(multi)} single-frame files")
+        raise MedinvertError(f"series {uid} {what}; pass one multi-frame file", path=label)
     if multi:
         path, ds = members[0]
         frames = _frames_of(ds, path)
@@ -426,7 +471,10 @@ def _read_members_unchecked(members: list[tuple[Path, "Dataset"]], uid: str, lab
 
         data, affine = _assemble(frames, read_multi, path)
     else:
-        frames = [_frames_of(ds, path)[0] for path, ds in members]
+        frames = []
+        for path, ds in members:
+            with _malformed_as_user_error(path):  # name the file, not the series folder
+                frames.append(_frames_of(ds, path)[0])
 
         def read_files(order: list[int]) -> list[np.ndarray]:
             return [_pixel_array(members[i][1], members[i][0]) for i in order]
@@ -440,7 +488,9 @@ def read_dicom_file(path: Path, series_uid: str | None = None) -> "MetaTensor":
     with _malformed_as_user_error(path):
         ds = _read_dataset(path)
         if not _has_pixels(ds):
-            raise MedinvertError("DICOM file has no pixel data", path=path)
+            if "Rows" not in ds:
+                _refuse_truncated(ds, path)
+            raise MedinvertError(_NO_PIXELS, path=path)
         uid = str(ds.get("SeriesInstanceUID", "")).strip()
     if series_uid is not None and series_uid != uid:
         raise MedinvertError(f"file belongs to series {uid or '(none)'}, not the requested {series_uid}", path=path)

@@ -26,6 +26,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "DICOM_SUFFIXES",
     "guess_modality",
+    "guess_series_modality",
     "parse_brats_name",
     "volume_stem",
     "is_nifti_name",
@@ -122,3 +123,30 @@ def guess_modality(path: str | Path) -> str | None:
     stem = _strip_image_suffix(Path(path).name)
     token = re.split(r"[_\-.\s]+", stem)[-1].lower() if stem else ""
     return _TOKEN_TO_MODALITY.get(token)
+
+
+#: words of a DICOM SeriesDescription / ProtocolName that name a contrast agent (T1 post-contrast)
+_CONTRAST_WORDS = frozenset({"post", "gd", "gad", "gado", "contrast", "+c", "c+", "ce", "postcontrast", "mdc"})
+#: words that name a FLAIR (fluid-attenuated T2) sequence
+_FLAIR_WORDS = frozenset({"flair", "t2f", "tirm", "dark-fluid", "darkfluid"})
+
+
+def guess_series_modality(description: str) -> str | None:
+    """Canonical modality from a scanner's series description (``"AX T2 FLAIR"``, ``"t1_mprage_sag"``,
+    ``"T1 post Gd"``), or None.  Every word counts (unlike `guess_modality`, which reads file-name
+    suffixes): FLAIR words win, then T1 with a contrast word (t1ce), then T2, then T1 / MPRAGE.
+
+    >>> guess_series_modality("T2 axial"), guess_series_modality("AX T1 +C"), guess_series_modality("localizer")
+    ('t2', 't1ce', None)
+    """
+    words = {w for w in re.split(r"[\s_/.,()]+", description.lower()) if w}
+    words |= {part for w in words for part in w.split("-") if part}
+    if words & _FLAIR_WORDS:
+        return "flair"
+    mapped = {_TOKEN_TO_MODALITY.get(w) for w in words}
+    t1 = "t1" in mapped or bool(words & {"t1w", "mprage", "spgr", "bravo", "tfl", "tfe", "vibe"})
+    if "t1ce" in mapped or (t1 and words & _CONTRAST_WORDS):
+        return "t1ce"
+    if "t2" in mapped:
+        return "t2"
+    return "t1" if t1 else None
