@@ -282,6 +282,8 @@ def reconstruct_volume(
             bar.close()
     volume = run.volume
     meta = {"filename_or_obj": source, "modality": modality}
+    if observation.nifti_header is not None:  # the output file keeps the source's header (codes, units)
+        meta["nifti_header"] = observation.nifti_header
     result_volume = make_meta_tensor(volume.numpy(), observation.affine.numpy(), meta)
 
     report: dict[str, Any] = {

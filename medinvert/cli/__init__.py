@@ -72,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medinvert {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused (permissions, full disk, read-only): the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medinvert {args.command}: error: {where}{exc.strerror or ' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     except Exception as exc:  # internal error: one line, traceback only on request
         if os.environ.get("MEDINVERT_DEBUG"):
             traceback.print_exc()

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     from medinvert.errors import MedinvertError
     from medinvert.io import ensure_not_input, find_cases, load_volume, save_volume, volume_stem
-    from medinvert.io.atomic import remove_stale_temporaries
+    from medinvert.io.atomic import remove_stale_temporaries, require_writable_folder
     from medinvert.io.naming import parse_brats_name
     from medinvert.operators.observation import observation_paths
     from medinvert.transforms.corrupt import apply_transform, make_transform
@@ -170,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
         if case_jobs:
             plan.append((case, case_jobs))
     jobs = [job for _, case_jobs in plan for job in case_jobs]
+    if not jobs and any(_inside(path, out) for case in cases for key, path in case.paths.items() if key != "seg"):
+        raise MedinvertError(f"every volume here lies inside --out {out} (where earlier outputs are skipped); choose "
+                             "an --out outside the input", path=args.input)
     if not jobs:
         raise MedinvertError("nothing to corrupt: only segmentations found", path=args.input)
     inputs = [job[1] for job in jobs]
@@ -182,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
                 raise MedinvertError("output name is taken by a folder", path=target)
             if target.exists() and not args.overwrite:
                 raise MedinvertError("output exists; pass --overwrite to replace it", path=target)
+    require_writable_folder(out)
 
     written, failed, internal = 0, 0, False
     for case, case_jobs in tqdm(plan, desc="corrupt", unit="case", file=sys.stderr, disable=None):

@@ -47,7 +47,6 @@ Behaviour:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,15 +205,22 @@ def volume_jobs(root: str | Path, exclude: Path | None = None,
     from medinvert.io.naming import MODALITIES, parse_brats_name
 
     jobs: list[Job] = []
+    inside_out = 0
     for case in find_cases(Path(root)):
         for key, path in case.paths.items():
-            if key == "seg" or (exclude is not None and _inside(path, exclude)):  # our own earlier outputs
+            if key == "seg":
+                continue
+            if exclude is not None and _inside(path, exclude):  # our own earlier outputs
+                inside_out += 1
                 continue
             if modalities is not None and key not in modalities:
                 continue
             stem = volume_stem(path) if parse_brats_name(path) is not None else case.case_id
             modality = key if key in MODALITIES else guess_modality(path)
             jobs.append(Job(len(jobs), case.case_id, stem, "volume", Path(path), case.series_uid, modality))
+    if not jobs and inside_out:
+        raise MedinvertError(f"every volume here lies inside --out {exclude} (where earlier outputs are skipped); "
+                             "choose an --out outside the input", path=root)
     if not jobs:
         wanted = f" of modality {', '.join(modalities)}" if modalities is not None else ""
         raise MedinvertError(f"nothing to reconstruct: no volume{wanted} (segmentations are skipped)", path=root)
@@ -351,6 +357,7 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     from medinvert.inversion import check_model_modality
     from medinvert.io import load_volume
     from medinvert.io.atomic import remove_stale_temporaries
+    from medinvert.io.naming import MODALITIES
     from medinvert.reconstruct import reconstruct_volume
     from medinvert.report import output_paths, write_outputs
 
@@ -358,7 +365,10 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     paths = output_paths(out, job.stem, save_latent=args.save_latent)
     remove_stale_temporaries(paths.files)  # a killed earlier run's half-written files (ours alone)
     network = models[model_name_for(job, args.model)]
-    note = ""
+    notes = []
+    if args.model is None and job.modality not in MODALITIES:
+        notes.append(f"no modality in its name or series description: used the {model_name_for(job, None)} model "
+                     "(--model NAME|PATH to choose)")
     if paths.complete() and not args.overwrite:
         previous, damage = damaged_outputs(paths.recon, paths.report_json)
         if damage is None:
@@ -369,7 +379,7 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
                 raise MedinvertError(f"outputs exist from a run with other settings ({'; '.join(changed)}); pass "
                                      "--overwrite to redo them or choose another --out", path=paths.recon)
             return _row(job, "skipped", paths.recon, previous, "outputs exist (--overwrite to redo)")
-        note = f"redone: earlier outputs were damaged ({damage})"
+        notes.append(f"redone: earlier outputs were damaged ({damage})")
     if not getattr(args, "allow_modality_mismatch", False):
         check_model_modality(network, job.modality, job.source)
     source_volume = None
@@ -388,7 +398,7 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
         threads=args.threads)
     report = write_outputs(result, paths, reference=reference, source_volume=source_volume,
                            title=f"medinvert reconstruction: {job.stem}")
-    return _row(job, "done", paths.recon, report, note)
+    return _row(job, "done", paths.recon, report, "; ".join(notes))
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -427,11 +437,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from medinvert.engine import default_model_name
     from medinvert.errors import MedinvertError
     from medinvert.io import load_volume
-    from medinvert.io.atomic import remove_stale_temporaries
-    from medinvert.io.naming import MODALITIES
+    from medinvert.io.atomic import remove_stale_temporaries, require_writable_folder
     from medinvert.train.distributed import init_distributed, shutdown_distributed
 
     _validate_options(args)
@@ -440,15 +448,11 @@ def run(args: argparse.Namespace) -> int:
     if args.reference is not None and len(jobs) != 1:
         raise MedinvertError(f"--reference applies to a single input, but INPUT holds {len(jobs)} volumes")
     _validate_outputs(jobs, out, args)
+    require_writable_folder(out)
     reference = load_volume(args.reference) if args.reference is not None else None
     if reference is not None:
         _check_reference_shape(jobs[0], tuple(reference.shape), args.reference)
     models = _resolve_models(jobs, args.model)
-    unknown = [job.stem for job in jobs if args.model is None and job.modality not in MODALITIES]
-    if unknown and os.environ.get("RANK", "0") == "0":
-        listed = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
-        print(f"medinvert reconstruct: note: no modality in the name or series description of {listed}; using the "
-              f"{default_model_name(None)} model (--model NAME|PATH to choose)", file=sys.stderr)
 
     context = init_distributed(args.device)
     try:
@@ -474,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
                     tqdm.write(f"medinvert reconstruct: skipped {job.stem}: outputs exist (--overwrite to redo)",
                                file=sys.stderr)
                 else:
-                    if row["message"]:  # e.g. redone because the earlier outputs were damaged
+                    if row["message"]:  # the default model for an unknown modality; damaged outputs redone
                         tqdm.write(f"medinvert reconstruct: {job.stem}: {row['message']}", file=sys.stderr)
                     tqdm.write(_describe(row), file=sys.stdout)
             rows.append(row)

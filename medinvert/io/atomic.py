@@ -24,7 +24,7 @@ from typing import Iterator
 from medinvert.errors import MedinvertError
 
 __all__ = ["atomic_write_path", "atomic_write_bytes", "atomic_write_text", "split_suffix", "temporary_names",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "require_writable_folder"]
 
 #: multi-part suffixes recognised when naming temporary files (longest first)
 _MULTI_SUFFIXES = (".nii.gz", ".tar.gz", ".json.gz", ".npy.gz")
@@ -128,3 +128,22 @@ def remove_stale_temporaries(paths: "list[str | os.PathLike[str]]") -> list[Path
                 leftover.unlink()
                 removed.append(leftover)
     return removed
+
+
+def require_writable_folder(folder: str | os.PathLike[str]) -> None:
+    """Refuse an output folder that could not be created or written, before any work is done.
+
+    Creates nothing that stays: the nearest existing ancestor of ``folder`` must be a folder in which
+    a (hidden, at once removed) probe file can be created.  Raises `MedinvertError` naming it.
+    """
+    existing = Path(folder)
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MedinvertError(f"is not a folder, so the output folder {folder} cannot be created there", path=existing)
+    try:
+        handle, name = tempfile.mkstemp(prefix=".medinvert-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        raise MedinvertError(f"cannot write here ({exc.strerror or exc}); choose another --out", path=existing) from None

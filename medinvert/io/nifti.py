@@ -46,6 +46,21 @@ def exception_reason(exc: BaseException, path: Path) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _load_failure(exc: BaseException, path: Path) -> str:
+    """Why nibabel could not open ``path``: a gzip stream under a ``.nii`` name and a file without a
+    NIfTI header are said in words (nibabel's "Cannot work out file type" names neither)."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+    except OSError:
+        magic = b""
+    if magic == b"\x1f\x8b" and not path.name.lower().endswith(".gz"):
+        return "it is gzip-compressed but named .nii; rename it to .nii.gz"
+    if "Cannot work out file type" in str(exc):
+        return "no NIfTI-1 or NIfTI-2 header at its start"
+    return exception_reason(exc, path)
+
+
 def check_voxel_count(shape: tuple[int, ...], path: Path) -> None:
     """Raise `MedinvertError` when ``prod(shape)`` exceeds `MAX_VOXELS` (a corrupt or absurd header)."""
     count = math.prod(int(s) for s in shape)
@@ -106,7 +121,7 @@ def read_nifti(path: Path) -> "MetaTensor":
     try:
         image = nib.load(str(path), mmap=False)
     except Exception as exc:  # nibabel raises many types for garbage input
-        raise MedinvertError(f"not a readable NIfTI file ({exception_reason(exc, path)})", path=path) from None
+        raise MedinvertError(f"not a readable NIfTI file ({_load_failure(exc, Path(path))})", path=path) from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise MedinvertError(f"is not a NIfTI image (nibabel read it as {type(image).__name__})", path=path)
     header = image.header

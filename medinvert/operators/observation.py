@@ -14,24 +14,27 @@ Layouts (volume = ``(X, Y, Z)``, in-plane axes 0 and 1, see `medinvert.operators
 * ``descriptor`` -- float32 ``(DESCRIPTOR_LENGTH,)`` conditioning vector (`medinvert.operators.descriptor`).
 * ``kernel`` -- float32 ``(kh, kw)`` blur kernel (``blur`` only, else None).
 * ``affine`` -- float64 ``(4, 4)`` voxel->RAS affine of the source volume; ``source`` its path.
+* ``nifti_header`` -- the source's raw NIfTI header (348 or 540 bytes) when it was a NIfTI file, so a
+  reconstruction from the saved observation keeps its qform / sform codes, units and description.
 
 File format (open, no pickles), written by `Observation.save(stem)`:
 
 ``<stem>_observation.npz`` -- a standard numpy ``.npz`` (zip of ``.npy`` files, deflate-compressed,
 fixed time stamps so the bytes are reproducible) holding
 
-==========  =========  ============  ==================================================
-array       dtype      shape         meaning
-==========  =========  ============  ==================================================
-y           float32    (Z, X, Y)     measured image (mask / noise / blur)
-y_real      float32    (Z, X, Y)     real part of the measured k-space (kspace)
-y_imag      float32    (Z, X, Y)     imaginary part of the measured k-space (kspace)
-mask        uint8      (X, Y, Z)     1 = measured / kept
-adjoint     float32    (X, Y, Z)     A^H y
-descriptor  float32    (L,)          conditioning vector, L = DESCRIPTOR_LENGTH
-affine      float64    (4, 4)        voxel -> RAS
-kernel      float32    (kh, kw)      blur kernel (blur only)
-==========  =========  ============  ==================================================
+============  =========  =============  ==================================================
+array         dtype      shape          meaning
+============  =========  =============  ==================================================
+y             float32    (Z, X, Y)      measured image (mask / noise / blur)
+y_real        float32    (Z, X, Y)      real part of the measured k-space (kspace)
+y_imag        float32    (Z, X, Y)      imaginary part of the measured k-space (kspace)
+mask          uint8      (X, Y, Z)      1 = measured / kept
+adjoint       float32    (X, Y, Z)      A^H y
+descriptor    float32    (L,)           conditioning vector, L = DESCRIPTOR_LENGTH
+affine        float64    (4, 4)         voxel -> RAS
+kernel        float32    (kh, kw)       blur kernel (blur only)
+nifti_header  uint8      (348,)/(540,)  raw NIfTI header of the source (optional)
+============  =========  =============  ==================================================
 
 ``<stem>_observation.json`` -- UTF-8 JSON object: ``format`` ("medinvert-observation"),
 ``format_version`` (1), ``medinvert_version``, ``kind``, ``params`` (the corruption parameters,
@@ -72,7 +75,8 @@ FORMAT_NAME = "medinvert-observation"
 FORMAT_VERSION = 1
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _LAYOUT = {"y": "Z,X,Y", "y_real": "Z,X,Y", "y_imag": "Z,X,Y", "mask": "X,Y,Z", "adjoint": "X,Y,Z",
-           "descriptor": "L", "affine": "4,4", "kernel": "kh,kw"}
+           "descriptor": "L", "affine": "4,4", "kernel": "kh,kw", "nifti_header": "bytes"}
+_HEADER_SIZES = (348, 540)  # NIfTI-1, NIfTI-2
 
 
 def observation_paths(stem: str | Path) -> tuple[Path, Path]:
@@ -118,6 +122,7 @@ class Observation:
         affine: float64 ``(4, 4)`` voxel->RAS affine of the source volume.
         kernel: float32 ``(kh, kw)`` for blur, None otherwise.
         source: path of the source volume, or None.
+        nifti_header: raw NIfTI header bytes of the source, or None.
     """
 
     kind: str
@@ -129,6 +134,7 @@ class Observation:
     affine: torch.Tensor = field(default_factory=lambda: torch.eye(4, dtype=torch.float64))
     kernel: torch.Tensor | None = None
     source: str | None = None
+    nifti_header: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -165,6 +171,11 @@ class Observation:
             raise ValueError(f"params must be JSON-serialisable: {exc}") from None
         if self.source is not None:
             self.source = str(self.source)
+        if self.nifti_header is not None:
+            self.nifti_header = bytes(self.nifti_header)
+            if len(self.nifti_header) not in _HEADER_SIZES:
+                raise ValueError(f"nifti_header must be {' or '.join(map(str, _HEADER_SIZES))} bytes, got "
+                                 f"{len(self.nifti_header)}")
 
     # ------------------------------------------------------------------ views
     @property
@@ -206,6 +217,8 @@ class Observation:
             arrays["y"] = self.y.numpy()
         if self.kernel is not None:
             arrays["kernel"] = self.kernel.numpy()
+        if self.nifti_header is not None:
+            arrays["nifti_header"] = np.frombuffer(self.nifti_header, dtype=np.uint8).copy()
         return arrays
 
     def save(self, stem: str | Path) -> tuple[Path, Path]:
@@ -256,7 +269,7 @@ class Observation:
         expected |= {"y_real", "y_imag"} if kind == "kspace" else {"y"}
         if kind == "blur":
             expected.add("kernel")
-        missing, extra = expected - set(arrays), set(arrays) - expected
+        missing, extra = expected - set(arrays), set(arrays) - expected - {"nifti_header"}
         if missing or extra:
             parts = ([f"missing arrays {sorted(missing)}"] if missing else []) + \
                     ([f"unexpected arrays {sorted(extra)}"] if extra else [])
@@ -268,7 +281,8 @@ class Observation:
                 raise MedinvertError(f"array {name!r} is {array.dtype.name} {list(array.shape)} but the sidecar "
                                      f"declares {info}", path=npz_path)
         want = {"mask": "uint8", "adjoint": "float32", "descriptor": "float32", "affine": "float64",
-                "y": "float32", "y_real": "float32", "y_imag": "float32", "kernel": "float32"}
+                "y": "float32", "y_real": "float32", "y_imag": "float32", "kernel": "float32",
+                "nifti_header": "uint8"}
         for name, array in arrays.items():
             if array.dtype.name != want[name]:
                 raise MedinvertError(f"array {name!r} has dtype {array.dtype.name}, expected {want[name]}", path=npz_path)
@@ -289,6 +303,7 @@ class Observation:
                 affine=torch.from_numpy(arrays["affine"]),
                 kernel=torch.from_numpy(arrays["kernel"]) if "kernel" in arrays else None,
                 source=header.get("source"),
+                nifti_header=arrays["nifti_header"].tobytes() if "nifti_header" in arrays else None,
             )
         except ValueError as exc:
             raise MedinvertError(f"inconsistent observation: {exc}", path=npz_path) from None

@@ -75,4 +75,7 @@ def apply_transform(transform: CorruptionTransform, volume: Any, *, seed: int = 
     from medinvert.io.naming import volume_stem
 
     extra = {"seed": seed, "name": volume_stem(name) if name else None, "random_seed": random_seed}
-    return dataclasses.replace(observation, params={**observation.params, **extra})
+    meta = getattr(volume, "meta", None)
+    header = meta.get("nifti_header") if isinstance(meta, dict) else None  # kept for the reconstruction's file
+    return dataclasses.replace(observation, params={**observation.params, **extra},
+                               nifti_header=bytes(header) if isinstance(header, (bytes, bytearray)) else None)

@@ -16,6 +16,7 @@ from medinvert.operators.kspace import KspaceOperator
 from medinvert.operators.layout import slices_to_volume, volume_to_slices
 from medinvert.operators.observation import Observation
 from medinvert.transforms.base import CorruptionDictTransform, CorruptionTransform, VolumeInput, gaussian_field
+from medinvert.errors import MedinvertError
 from medinvert.transforms.masks import equispaced_line_mask, random_line_mask, variable_density_mask
 
 __all__ = ["RandKspaceUndersample", "RandKspaceUndersampled", "kspace_mask"]
@@ -54,6 +55,9 @@ class RandKspaceUndersample(CorruptionTransform):
         p = self.params
         x_size, y_size, z_size = volume.data.shape
         mask2d = kspace_mask((x_size, y_size), p["acceleration"], p["center_fraction"], p["pattern"], mask_seed)
+        if not bool(mask2d.any()):
+            raise MedinvertError(f"the {p['pattern']} mask measures no k-space sample: {y_size} phase-encoding lines "
+                                 f"are too few for acceleration {p['acceleration']:g} (lower it)")
         operator = KspaceOperator(mask2d)
         slices = volume_to_slices(volume.data)
         noise = self._noise_sigma(volume)

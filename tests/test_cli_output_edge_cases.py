@@ -1,0 +1,115 @@
+"""Edge cases of inputs and output folders that real scans and real file systems produce: headers kept
+through a saved observation, impossible output folders, masks that measure nothing, ``--out`` inside
+the input, mislabelled gzip files, and the default model for a volume of unknown modality."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _recon_helpers import phantom, write_tiny_model
+from medinvert.cli import main
+
+FAST = ["--steps", "3", "--checks", "none", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def _run(capsys, *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _scan(path: Path, data: np.ndarray | None = None) -> Path:
+    """A NIfTI whose header says MNI space (sform code 4), a separate scanner qform and micron units."""
+    image = nib.Nifti1Image(phantom() if data is None else data, np.diag([0.9, 0.9, 2.0, 1.0]))
+    qform = np.diag([0.9, 0.9, 2.0, 1.0])
+    qform[:3, 3] = [1.0, -2.0, 3.0]
+    image.set_qform(qform, code=1)
+    image.set_sform(np.diag([0.9, 0.9, 2.0, 1.0]), code=4)
+    image.header.set_xyzt_units("micron", "msec")
+    image.header["descrip"] = b"scanner X"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+    return path
+
+
+def _header_facts(path: Path) -> tuple:
+    header = nib.load(path).header
+    return (int(header["qform_code"]), int(header["sform_code"]), header.get_xyzt_units(), bytes(header["descrip"]),
+            header.get_qform().tolist(), header.get_sform().tolist())
+
+
+def test_reconstruction_from_a_saved_observation_keeps_the_source_header(capsys, tmp_path, model):
+    source = _scan(tmp_path / "in" / "scan_t1.nii.gz")
+    code, _, stderr = _run(capsys, "corrupt", source, "--kind", "kspace", "--out", tmp_path / "obs")
+    assert code == 0, stderr
+    code, _, stderr = _run(capsys, "reconstruct", tmp_path / "obs", "--out", tmp_path / "via_obs", "--model", model,
+                           *FAST)
+    assert code == 0, stderr
+    code, _, stderr = _run(capsys, "reconstruct", source, "--corruption", "kspace:4", "--out", tmp_path / "direct",
+                           "--model", model, *FAST)
+    assert code == 0, stderr
+    expected = _header_facts(source)
+    assert _header_facts(tmp_path / "via_obs" / "scan_t1_recon.nii.gz") == expected
+    assert _header_facts(tmp_path / "direct" / "scan_t1_recon.nii.gz") == expected
+
+
+@pytest.mark.parametrize("command", ["corrupt", "reconstruct", "convert"])
+def test_an_output_folder_that_cannot_exist_is_a_user_error(capsys, tmp_path, model, command):
+    source = _scan(tmp_path / "scan_t1.nii.gz")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    argv = {"corrupt": ["corrupt", source, "--kind", "kspace", "--out", tmp_path / "afile" / "sub"],
+            "reconstruct": ["reconstruct", source, "--corruption", "kspace:4", "--model", model, "--out",
+                            tmp_path / "afile" / "sub", *FAST],
+            "convert": ["convert", source, tmp_path / "afile" / "out.nii.gz"]}[command]
+    code, _, stderr = _run(capsys, *argv)
+    assert code == 2 and stderr.count("\n") == 1 and "afile" in stderr and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "scan_t1.nii.gz"]
+
+
+def test_a_mask_that_measures_nothing_is_refused(capsys, tmp_path):
+    thin = tmp_path / "thin_t1.nii.gz"
+    nib.save(nib.Nifti1Image(phantom((32, 2, 3)), np.eye(4)), thin)
+    code, _, stderr = _run(capsys, "corrupt", thin, "--kind", "kspace", "--out", tmp_path / "out")
+    assert code == 2 and "measures no k-space sample" in stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["corrupt", "reconstruct"])
+def test_out_holding_the_input_says_so(capsys, tmp_path, model, monkeypatch, command):
+    source = _scan(tmp_path / "scan_t1.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    argv = (["corrupt", source.name, "--kind", "kspace", "--out", "."] if command == "corrupt" else
+            ["reconstruct", source.name, "--corruption", "kspace:4", "--model", model, "--out", ".", *FAST])
+    code, _, stderr = _run(capsys, *argv)
+    assert code == 2 and "lies inside --out" in stderr and "segmentations" not in stderr, stderr
+
+
+def test_gzip_data_named_nii_is_explained(capsys, tmp_path):
+    source = _scan(tmp_path / "scan.nii.gz")
+    misnamed = source.rename(tmp_path / "scan.nii")
+    code, _, stderr = _run(capsys, "info", misnamed)
+    assert code == 2 and "gzip-compressed but named .nii" in stderr
+
+
+def test_unknown_modality_gets_a_note_after_success_and_in_the_summary(capsys, tmp_path, model):
+    plain = tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(phantom(), np.eye(4)), plain)
+    code, _, stderr = _run(capsys, "reconstruct", plain, "--corruption", "kspace:4", "--out", tmp_path / "out",
+                           *FAST)  # no --model: the shipped t1 model, said once
+    assert code == 0 and stderr.count("no modality in its name") == 1, stderr
+    with (tmp_path / "out" / "summary.csv").open() as handle:
+        row, = csv.DictReader(handle)
+    assert "used the t1 model" in row["message"]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b" + b"\x00" * 40)
+    code, _, stderr = _run(capsys, "reconstruct", broken, "--corruption", "kspace:4", "--out", tmp_path / "o2", *FAST)
+    assert code == 2 and stderr.count("\n") == 1, stderr  # a user error stays one line, without the note
