@@ -494,14 +494,14 @@ def run(args: argparse.Namespace) -> int:
             if counts["done"] or counts["skipped"]:
                 remove_stale_temporaries([out / "summary.csv"])
                 where = f"summary: {write_summary(out / 'summary.csv', rows)}"
-            else:  # nothing produced: leave nothing behind
+            else:
                 where = "nothing written"
-                if created:
-                    with contextlib.suppress(OSError):
-                        out.rmdir()  # only when empty
             print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed ({where})",
                   flush=True)
     finally:
+        if created and context.is_main:  # a run that produced nothing (all failed, or interrupted) leaves nothing
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty
         shutdown_distributed(context)
     if any(r.get("internal") for r in rows):
         return 1
