@@ -193,7 +193,7 @@ class ReconstructVolumed(MapTransform):
         for key in self.key_iterator(d):
             observation = d.get(f"{key}{self.observation_suffix}")
             if observation is None:
-                raise MedinvertError(f"no observation under {key}{self.observation_suffix!r}: put a corruption "
+                raise MedinvertError(f"no observation under {key + self.observation_suffix!r}: put a corruption "
                                      "transform before ReconstructVolumed")
             reference = d[key] if self.use_reference else None
             result = reconstruct_volume(observation, self.model, reference=reference, return_latent=False,
@@ -226,7 +226,7 @@ class SaveReconstructiond(MapTransform):
         for key in self.key_iterator(d):
             result = d.get(f"{key}{self.result_suffix}")
             if result is None:
-                raise MedinvertError(f"no reconstruction under {key}{self.result_suffix!r}: put ReconstructVolumed "
+                raise MedinvertError(f"no reconstruction under {key + self.result_suffix!r}: put ReconstructVolumed "
                                      "before SaveReconstructiond")
             meta = getattr(d[key], "meta", None) or {}
             source = meta.get("filename_or_obj") or result.observation.source

@@ -20,15 +20,18 @@ and over 1 slice can differ in the last bit).  Everything is restored on exit.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
 from medinvert.errors import MedinvertError
 
-__all__ = ["DEFAULT_THREADS", "default_threads", "deterministic"]
+__all__ = ["DEFAULT_THREADS", "default_threads", "deterministic", "float32_default"]
+
+T = TypeVar("T")
 
 #: Intra-op threads used for reproducible runs unless ``MEDINVERT_THREADS`` says otherwise.
 DEFAULT_THREADS = 2
@@ -67,6 +70,7 @@ def deterministic(threads: int | None = None) -> Iterator[None]:
         "cudnn_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
         "precision": torch.get_float32_matmul_precision(),
+        "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     }
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
@@ -86,3 +90,24 @@ def deterministic(threads: int | None = None) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
         torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
         torch.set_float32_matmul_precision(saved["precision"])
+        if saved["cublas"] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def float32_default(function: Callable[..., T]) -> Callable[..., T]:
+    """Run ``function`` with float32 as torch's default dtype, then restore the caller's.
+
+    The networks and schedules are float32; a caller working with ``torch.set_default_dtype(float64)``
+    would otherwise get float64 tensors from ``torch.tensor(0.5)`` inside the library and a dtype
+    mismatch in the first matrix product.  Decorates the public entry points.
+    """
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(previous)
+
+    return wrapper

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medinvert.determinism import float32_default
 from medinvert.errors import MedinvertError, NumericalError
 from medinvert.guess import conditioning_volume, guess_of_config
 from medinvert.latent import Latent
@@ -236,8 +237,9 @@ def resolve_network(model: Any = None, modality: str | None = None) -> ResolvedN
     Args:
         model: None (`default_model` of ``modality``), ``"random"`` / ``"random:SEED"``, a shipped
             model name (``t1``, ``t1ce``, ``t2``, ``flair`` and BraTS 2023 aliases) or a checkpoint
-            path (`medinvert.models.registry.load_model`), an ``nn.Module`` in eval mode, a
-            ``(module, config)`` pair, or a `ResolvedNetwork` (returned as is).
+            path (`medinvert.models.registry.load_model`), an ``nn.Module`` in eval mode (its
+            ``checkpoint_config`` when `load_checkpoint` built it, else an eps-prediction network on
+            the default schedule), a ``(module, config)`` pair, or a `ResolvedNetwork` (returned as is).
         modality: the volume's modality, used only when ``model`` is None.
 
     The reference records the checkpoint file's SHA-256 for files and the state dict's SHA-256
@@ -249,8 +251,9 @@ def resolve_network(model: Any = None, modality: str | None = None) -> ResolvedN
         model = default_model(modality)
     if isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], dict):
         return _wrap(model[0], model[1], _module_reference(model[0]))
-    if isinstance(model, nn.Module):
-        return _wrap(model, {}, _module_reference(model))
+    if isinstance(model, nn.Module):  # a module from `load_model` carries its checkpoint's config
+        config = getattr(model, "checkpoint_config", None)
+        return _wrap(model, dict(config) if isinstance(config, dict) else {}, _module_reference(model))
     if isinstance(model, (str, os.PathLike)):
         from medinvert.models.checkpoint import state_dict_sha256
         from medinvert.models.registry import resolve_model
@@ -498,6 +501,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- API
+@float32_default
 def invert(
     volume: Any,
     model: Any = None,
@@ -625,6 +629,7 @@ def _exception_patch(state: Any, batch: torch.Tensor, original: torch.Tensor, sc
     return index.numpy().astype(np.int64), original.reshape(-1)[index].numpy().astype(np.float32)
 
 
+@float32_default
 def generate(latent: Latent | str | os.PathLike[str], model: Any = None) -> "MetaTensor":
     """Map a latent back to a volume (float32 MetaTensor ``(X, Y, Z)`` with the source's affine and metadata).
 
@@ -665,6 +670,7 @@ def generate(latent: Latent | str | os.PathLike[str], model: Any = None) -> "Met
     return make_meta_tensor(volume.numpy(), latent.affine, meta)
 
 
+@float32_default
 def roundtrip(volume: Any, model: Any = None, **kwargs: Any) -> dict[str, Any]:
     """``generate(invert(volume))`` with its errors and costs (nothing is written).
 

@@ -46,6 +46,7 @@ import torch
 
 from medinvert.engine import (default_grid, default_model_name, default_steps, is_denoising,  # noqa: F401
                               run_reconstruction, start_noise)
+from medinvert.determinism import float32_default
 from medinvert.errors import MedinvertError
 from medinvert.guess import uses_tv
 from medinvert.operators import Observation
@@ -204,6 +205,7 @@ def _bounds(lip: float, schedule: Any, steps: int, grid: list[float] | None = No
     }
 
 
+@float32_default
 def reconstruct_volume(
     observation_or_volume: Any,
     model: Any = None,
@@ -227,9 +229,12 @@ def reconstruct_volume(
 
     Args:
         observation_or_volume: an `Observation`, an observation file / `medinvert corrupt` output
-            folder, or a clean volume (path or MetaTensor) together with ``corruption``.
-        model: shipped model name, checkpoint path, module, or None (the shipped model of the
-            volume's modality, ``t1`` when unknown).
+            folder, or a clean volume together with ``corruption``: a path, or a MetaTensor / tensor /
+            array of shape ``(X, Y, Z)`` (``(X, Y, Z, 1)`` and channel-first ``(1, X, Y, Z)`` are
+            squeezed; the result is ``(X, Y, Z)``).
+        model: shipped model name, checkpoint path, module (one from `medinvert.load_model` keeps its
+            training config), ``(module, config)``, or None (the shipped model of the volume's
+            modality, ``t1`` when unknown).
         corruption: spec such as ``"kspace:4"``, ``"kspace:8:0.04"``, ``"mask:box"``, ``"noise:0.05"``,
             ``"blur:gaussian:2"`` (`medinvert.transforms.parse_corruption_spec`), to simulate.
         measured: ``"noise[:auto|SIGMA][:MODEL]"``: the volume itself is noisy data to denoise
@@ -252,7 +257,6 @@ def reconstruct_volume(
     """
     from medinvert.determinism import deterministic
     from medinvert.inversion import invert, resolve_network, roundtrip
-    from medinvert.io import load_volume
     from medinvert.io.nifti import make_meta_tensor
     from medinvert.io.naming import guess_modality
     from medinvert.transforms.seeding import seed_from_name
@@ -262,6 +266,7 @@ def reconstruct_volume(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedinvertError("device 'cuda' requested but no CUDA device is available")
     observation, clean = load_observation_input(observation_or_volume, corruption, seed, measured)
+    ref_t = _reference_volume(clean if reference is None else reference, observation.shape)  # checked before work
     source = observation.source or "volume"
     modality = guess_modality(source) if observation.source else None
     resolved = resolve_network(model if model is not None else default_model_name(modality))
@@ -337,14 +342,7 @@ def reconstruct_volume(
             latent = invert(result_volume, resolved, method="exact", steps=steps, condition=observation,
                             batch_size=batch_size, threads=threads)
 
-    if reference is None and clean is not None:
-        reference = clean
-    if reference is not None:
-        ref = load_volume(reference) if isinstance(reference, (str, Path)) else reference
-        ref_t = torch.as_tensor(np.asarray(ref), dtype=torch.float32)
-        if tuple(ref_t.shape) != tuple(volume.shape):
-            raise MedinvertError(f"reference shape {tuple(ref_t.shape)} differs from the volume's {tuple(volume.shape)}",
-                                 reference if isinstance(reference, (str, Path)) else None)
+    if ref_t is not None:
         report["metrics"] = _reference_metrics(volume, observation.image(), ref_t)
     seconds = time.perf_counter() - wall
     report["timing"] = {"seconds": seconds, "reconstruction_seconds": run.seconds, "nfe": run.nfe,
@@ -352,6 +350,21 @@ def reconstruct_volume(
                         "slices_per_second": len(run.evaluated_slices) / run.seconds if run.seconds > 0 else None,
                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     return ReconstructionResult(result_volume, latent, report, observation)
+
+
+def _reference_volume(reference: Any, shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """``reference`` (path, MetaTensor, tensor, array or None) as a float32 ``(X, Y, Z)`` tensor of the
+    observation's ``shape``; raises `MedinvertError` (naming a file reference) for another shape."""
+    from medinvert.io import load_volume
+    from medinvert.transforms.base import as_volume
+
+    if reference is None:
+        return None
+    path = reference if isinstance(reference, (str, Path)) else None
+    data = as_volume(load_volume(path) if path is not None else reference).data
+    if tuple(data.shape) != tuple(shape):
+        raise MedinvertError(f"reference shape {tuple(data.shape)} differs from the volume's {tuple(shape)}", path)
+    return data
 
 
 def _reference_metrics(volume: torch.Tensor, zero_filled: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:

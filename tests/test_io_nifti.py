@@ -241,3 +241,17 @@ def test_folder_of_nifti_files_is_not_a_volume(make_nifti, tmp_path: Path) -> No
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing" / "notes.txt").write_text("hello")
     _assert_one_line_error(tmp_path / "nothing", "no NIfTI or DICOM images")
+
+
+def test_a_header_without_codes_keeps_them_and_its_affine(tmp_path: Path) -> None:
+    image = nib.Nifti1Image(np.arange(60, dtype=np.float32).reshape(5, 4, 3), None)
+    image.header.set_zooms((0.7, 0.9, 3.3))
+    image.set_qform(None, code=0)
+    image.set_sform(None, code=0)
+    source = tmp_path / "nocodes.nii"
+    nib.save(image, source)
+    volume = load_volume(source)
+    out = save_volume(volume * 2, tmp_path / "out.nii.gz", reference=volume)
+    written = nib.load(str(out))
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (0, 0)
+    assert np.array_equal(load_volume(out).affine.numpy(), volume.affine.numpy())

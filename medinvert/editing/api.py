@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medinvert.determinism import float32_default
 from medinvert.editing.ops import EditOp, parse_op
 from medinvert.editing.region import Region, affine_of, load_mask, make_region
 from medinvert.editing.trajectory import EditRun, LatentEdit, ddim_edit, exact_edit
@@ -94,6 +95,7 @@ def _transplant_source(op: EditOp, shape: tuple[int, int, int], affine: np.ndarr
 
 
 # ---------------------------------------------------------------------- the edit
+@float32_default
 def edit(
     volume: Any,
     mask: Any,

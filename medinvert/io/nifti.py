@@ -204,8 +204,9 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
     Header: the original NIfTI header of ``volume`` (``meta["nifti_header"]``), else that of
     ``reference``; its descriptive fields (units, intent, description) are kept, scaling and display
     range are reset because the data are new.  When the affine is unchanged from that header's own
-    (``header.get_best_affine()``) and it has a non-zero qform or sform code, the qform and sform
-    fields are kept verbatim, so a load -> save round trip reproduces them bit for bit.  Otherwise both
+    (``header.get_best_affine()``), the qform and sform fields and codes are kept verbatim, so a load ->
+    save round trip reproduces them bit for bit (a header with both codes 0 stays so: its affine comes
+    from pixdim, and writing code 1 would claim a scanner space it never had).  Otherwise both
     are set from the affine, each keeping the source's non-zero code, else code 1 (scanner); the sform
     is then exact to float32 precision (the NIfTI storage type).  A sheared affine (a DICOM series with
     gantry tilt) has no qform: its qform code is 0, so no reader takes the shear-free approximation.
@@ -250,7 +251,7 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
         header["cal_min"] = 0.0
         header["cal_max"] = 0.0
         qcode, scode = int(header["qform_code"]), int(header["sform_code"])
-        keep = (qcode > 0 or scode > 0) and np.array_equal(header.get_best_affine(), affine)
+        keep = np.array_equal(header.get_best_affine(), affine)  # codes 0 / 0 too: no space is claimed
         image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
         image = image_class(data, None, header=header)
         if not keep:

@@ -227,14 +227,17 @@ def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = True) -> tu
     """Build the network stored in ``path`` and return ``(model, config)``; model in eval mode.
 
     With ``use_ema`` (default) the EMA weights are loaded when the file has them, else the raw
-    weights.  The model's outputs are bitwise those of the saved model (same weights, same
+    weights.  The config is also attached to the model as ``model.checkpoint_config``, so passing the
+    model alone to `medinvert.inversion.resolve_network` keeps its prediction, schedule and guess.
+    The caller's global torch RNG is left as it was.  The model's outputs are bitwise those of the saved model (same weights, same
     spectral-norm vectors).
     """
     source = Path(path)
     payload = read_checkpoint(source)
     config = payload["config"]
     try:
-        model = LipschitzUNet.from_config(config["architecture"])
+        with torch.random.fork_rng(devices=[]):  # the initial weights are replaced: leave the caller's RNG alone
+            model = LipschitzUNet.from_config(config["architecture"])
     except MedinvertError as exc:
         raise MedinvertError(f"checkpoint architecture is invalid: {exc}", path=source) from None
     except TypeError as exc:
@@ -248,6 +251,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = True) -> tu
         first = str(exc).strip().splitlines()[0][:160]
         raise MedinvertError(f"checkpoint weights do not match its architecture: {first}", path=source) from None
     model.eval()
+    model.checkpoint_config = config  # so the module alone still says how it was trained (`resolve_network`)
     return model, config
 
 

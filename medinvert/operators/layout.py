@@ -22,7 +22,10 @@ def as_plain_tensor(data: Any) -> torch.Tensor:
     when possible); metadata is dropped."""
     if isinstance(data, torch.Tensor):
         return data.as_subclass(torch.Tensor) if type(data) is not torch.Tensor else data
-    return torch.as_tensor(np.asarray(data))
+    array = np.asarray(data)
+    if any(stride < 0 for stride in array.strides):  # np.flip / nib.as_closest_canonical views
+        array = np.ascontiguousarray(array)
+    return torch.as_tensor(array)
 
 
 def volume_to_slices(volume: Any) -> torch.Tensor:
