@@ -3,11 +3,14 @@
 `MedinvertError` is the one exception class for *user* problems: a file that cannot be read, a
 parameter out of range, a mask of the wrong shape.  The CLI turns it into a single line on stderr and
 exit code 2.  Its message must name the file (where there is one) and the problem, in one line.
+A file system refusing an operation (no permission, disk full, read-only, not a folder) is also the
+user's to fix: `as_user_error` turns such an `OSError` into a `MedinvertError` naming the file.
 Anything else that escapes is an internal error (exit code 1).
 """
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -47,3 +50,16 @@ class NumericalError(MedinvertError):
         located = NumericalError(text, path)
         located.slice_index = slice_index
         return located
+
+
+#: errno values of a file system refusing an operation: the user's to fix (exit code 2)
+FILE_SYSTEM_REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOTDIR,
+                                  errno.EISDIR, errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.EFBIG})
+
+
+def as_user_error(exc: BaseException) -> BaseException:
+    """``exc`` as a `MedinvertError` naming its file when it is a file-system refusal (an `OSError`
+    whose errno is in `FILE_SYSTEM_REFUSALS`); any other exception is returned unchanged."""
+    if isinstance(exc, OSError) and not isinstance(exc, MedinvertError) and exc.errno in FILE_SYSTEM_REFUSALS:
+        return MedinvertError(exc.strerror or str(exc), path=exc.filename)
+    return exc

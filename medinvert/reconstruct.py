@@ -268,7 +268,7 @@ def reconstruct_volume(
     observation, clean = load_observation_input(observation_or_volume, corruption, seed, measured)
     ref_t = _reference_volume(clean if reference is None else reference, observation.shape)  # checked before work
     source = observation.source or "volume"
-    modality = guess_modality(source) if observation.source else None
+    modality = observation.modality or (guess_modality(source) if observation.source else None)
     resolved = resolve_network(model if model is not None else default_model_name(modality))
     net = resolved.net.to(device)
     steps = default_steps(observation.kind, resolved.guess) if steps is None else steps

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 #: A deliberately awkward voxel->RAS affine: rotation about an oblique axis, anisotropic voxels
 #: (0.9, 1.2, 2.5 mm) and a non-zero origin.  All entries are float32-representable, so a NIfTI
@@ -43,6 +44,11 @@ OBLIQUE_AFFINE = np.array(
         [0.0, 0.0, 0.0, 1.0],
     ]
 )
+
+# Property tests draw the same examples on every run and machine (CI included): a failure is a bug
+# to reproduce, never luck.  `derandomize` fixes Hypothesis' seed; the example database is not used.
+hypothesis_settings.register_profile("medinvert", derandomize=True, database=None)
+hypothesis_settings.load_profile("medinvert")
 
 
 def _pattern(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -38,6 +38,8 @@ def test_array_layouts_from_monai_and_nibabel_give_the_same_bytes(model):
                 "channel first": volume[None], "requires grad": torch.from_numpy(volume).requires_grad_(True)}
     for name, data in variants.items():
         assert _bytes(reconstruct_volume(data, str(model), **SETTINGS)) == expected, name
+    one_slice = _bytes(reconstruct_volume(volume[..., :1], str(model), **SETTINGS))
+    assert _bytes(reconstruct_volume(volume[None, ..., :1], str(model), **SETTINGS)) == one_slice  # (1, X, Y, 1)
 
 
 def test_a_module_from_load_model_keeps_its_training_config(model):
@@ -58,8 +60,8 @@ def test_the_callers_global_state_is_left_as_it_was(model):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # a caller working in float64
     try:
-        load_model(str(model))
-        reconstruct_volume(phantom((24, 20, 3)), str(model), **SETTINGS)
+        net, _ = load_model(str(model))  # built in float32 although the caller's default is float64
+        reconstruct_volume(phantom((24, 20, 3)), net, **SETTINGS)
         assert torch.get_default_dtype() == torch.float64
         assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
         assert torch.equal(torch.rand(3, dtype=torch.float32), expected_draw)  # the RNG was not advanced

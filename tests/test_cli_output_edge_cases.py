@@ -5,6 +5,7 @@ the input, mislabelled gzip files, and the default model for a volume of unknown
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -113,3 +114,26 @@ def test_unknown_modality_gets_a_note_after_success_and_in_the_summary(capsys, t
     broken.write_bytes(b"\x1f\x8b" + b"\x00" * 40)
     code, _, stderr = _run(capsys, "reconstruct", broken, "--corruption", "kspace:4", "--out", tmp_path / "o2", *FAST)
     assert code == 2 and stderr.count("\n") == 1, stderr  # a user error stays one line, without the note
+
+
+def test_a_series_modality_survives_corrupt_then_reconstruct(capsys, tmp_path, make_dicom_series):
+    """The modality of a DICOM series comes from its description; `corrupt` records it in the
+    observation, so both routes pick the same shipped model."""
+    spec = make_dicom_series(tmp_path / "series_07", n_slices=3, rows=20, cols=24, description="AX T2 TSE")
+    code, _, stderr = _run(capsys, "corrupt", spec.folder, "--kind", "kspace", "--out", tmp_path / "obs")
+    assert code == 0, stderr
+    code, _, stderr = _run(capsys, "reconstruct", tmp_path / "obs", "--out", tmp_path / "rec", *FAST)
+    assert code == 0 and "no modality" not in stderr, stderr
+    report = json.loads((tmp_path / "rec" / "series_07_report.json").read_text())
+    assert report["settings"]["model"] == "t2"
+
+
+def test_file_system_refusals_are_user_errors_and_other_os_errors_are_not():
+    import errno
+
+    from medinvert.errors import MedinvertError, as_user_error
+
+    full = as_user_error(OSError(errno.ENOSPC, "No space left on device", "out/a_recon.nii.gz"))
+    assert isinstance(full, MedinvertError) and str(full) == "out/a_recon.nii.gz: No space left on device"
+    timeout = TimeoutError(errno.ETIMEDOUT, "timed out")
+    assert as_user_error(timeout) is timeout

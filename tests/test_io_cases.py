@@ -183,5 +183,7 @@ def test_series_description_names_the_modality() -> None:
     from medinvert.io.naming import guess_series_modality
 
     cases = {"T2 axial": "t2", "AX T2 FLAIR": "flair", "t2_tirm_tra_dark-fluid": "flair", "t1_mprage_sag": "t1",
-             "AX T1 +C": "t1ce", "T1 post Gd": "t1ce", "T2W_TSE": "t2", "localizer": None, "DWI b1000": None, "": None}
+             "AX T1 +C": "t1ce", "T1 post Gd": "t1ce", "T2W_TSE": "t2", "localizer": None, "DWI b1000": None, "": None,
+             "AX T1 FLAIR": "t1", "Ax T1 FLAIR POST": "t1ce", "AX T1 PRE-CONTRAST": "t1", "T1 W/O CONTRAST": "t1",
+             "T1 non-contrast": "t1", "T1 pre Gd": "t1"}
     assert {text: guess_series_modality(text) for text in cases} == cases

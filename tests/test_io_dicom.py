@@ -238,7 +238,7 @@ def test_stub_without_extension_among_series_files_is_refused(make_dicom_series,
     extensionless[0].write_bytes(b"\x00" * size)
     with pytest.raises(MedinvertError, match=f"{extensionless[0].name}: is {size} bytes, too short for a DICOM file"):
         load_volume(spec.folder)
-    (spec.folder / "NOTES").write_text("x" * 300)  # an ordinary extension-less file is still skipped
+    (spec.folder / "VERSION").write_text("1.2")  # an ordinary small extension-less file is still skipped
     extensionless[0].unlink()
     assert load_volume(spec.folder).shape[-1] == 3
 
@@ -266,3 +266,14 @@ def test_gantry_tilt_stays_on_its_line_and_loads(make_dicom_series, tmp_path: Pa
     volume = load_volume(spec.folder)
     step = LPS_TO_RAS @ (spec.positions[1] + shift - spec.positions[0])
     assert np.allclose(volume.affine.numpy()[:3, 2], step, atol=1e-5)
+
+
+def test_positions_rounded_to_two_decimals_still_load(make_dicom_series, tmp_path: Path) -> None:
+    """Scanners write ImagePositionPatient with few decimals: an oblique stack of 0.25 mm pixels whose
+    positions are rounded to 0.01 mm is one straight stack, not a moved slice."""
+    spec = make_dicom_series(tmp_path / "rounded", n_slices=12, pixel_spacing=(0.25, 0.25), slice_spacing=5.0)
+    for path in spec.files:
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [f"{float(v):.2f}" for v in ds.ImagePositionPatient]
+        ds.save_as(path, enforce_file_format=True)
+    assert load_volume(spec.folder).shape[-1] == 12

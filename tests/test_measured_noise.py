@@ -85,6 +85,12 @@ def test_reconstruct_denoises_a_measured_volume(tmp_path: Path, make_nifti):
     recon = nib.load(str(out / "noisy_t1_recon.nii.gz"))
     assert np.allclose(recon.affine, np.diag([1.5, 1.5, 3.0, 1.0])) and recon.shape == noisy.shape
 
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # same settings: skipped
+    assert again.returncode == 0 and "0 done, 1 skipped" in again.stdout, again.stderr[-2000:]
+    other = [*command[:command.index("--measured") + 1], "noise:9", *command[command.index("--measured") + 2:]]
+    changed = subprocess.run(other, capture_output=True, text=True, timeout=300)  # another sigma: refused
+    assert changed.returncode == 2 and "sigma: 6.0 -> 9.0" in changed.stderr, changed.stderr[-2000:]
+
     both = subprocess.run([*command[:-8], "--corruption", "kspace:4", "--out", str(tmp_path / "o2")],
                           capture_output=True, text=True, timeout=120)
     assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr

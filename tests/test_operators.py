@@ -359,7 +359,8 @@ def test_observation_load_rejects_damaged_files(observations, tmp_path):
     expect("checksum", npz)
     sidecar.write_text(good_json[:-10])
     expect("not valid JSON", sidecar)
-    sidecar.write_text(good_json.replace('"format_version": 1', '"format_version": 99'))
+    assert '"format_version": 2' in good_json
+    sidecar.write_text(good_json.replace('"format_version": 2', '"format_version": 99'))
     expect("format_version", sidecar)
     npz.unlink()
     expect("not found", npz)
@@ -376,3 +377,18 @@ def test_observation_load_rejects_damaged_files(observations, tmp_path):
     sidecar.unlink()
     with pytest.raises(MedinvertError, match="sidecar not found"):
         Observation.load(npz)
+
+
+def test_a_version_1_observation_without_header_or_modality_still_loads(tmp_path):
+    """Files written before format 2 have no ``nifti_header`` array and no ``modality``."""
+    from medinvert import corrupt
+
+    volume = torch.rand(12, 10, 2) * 100
+    observation = corrupt(volume, "kspace", seed=3, acceleration=4)
+    npz, sidecar = observation.save(tmp_path / "old")
+    header = json.loads(sidecar.read_text())
+    header["format_version"] = 1
+    del header["modality"]
+    sidecar.write_text(json.dumps(header))
+    loaded = Observation.load(sidecar)
+    assert loaded.nifti_header is None and loaded.modality is None and torch.equal(loaded.y, observation.y)

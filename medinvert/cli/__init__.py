@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from medinvert.errors import MedinvertError
+from medinvert.errors import MedinvertError, as_user_error
 
 #: Sub-command name -> module (relative to this package).  Only commands that work are listed.
 #: Command modules must import heavy dependencies (torch, monai) inside `run`, not at module level.
@@ -65,17 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        try:
+            return int(args._run(args) or 0)
+        except OSError as exc:  # the file system refused (permissions, full disk): the user's to fix
+            raise as_user_error(exc) from None
     except MedinvertError as exc:
         print(f"medinvert {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medinvert {args.command}: interrupted", file=sys.stderr)
         return 130
-    except OSError as exc:  # the file system refused (permissions, full disk, read-only): the user's to fix
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"medinvert {args.command}: error: {where}{exc.strerror or ' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
     except Exception as exc:  # internal error: one line, traceback only on request
         if os.environ.get("MEDINVERT_DEBUG"):
             traceback.print_exc()

@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from medinvert.errors import MedinvertError
+    from medinvert.errors import MedinvertError, as_user_error
     from medinvert.io import ensure_not_input, find_cases, load_volume, save_volume, volume_stem
     from medinvert.io.atomic import remove_stale_temporaries, require_writable_folder
     from medinvert.io.naming import parse_brats_name
@@ -199,9 +199,10 @@ def run(args: argparse.Namespace) -> int:
                 observation.save(out / stem)
                 save_volume(observation.mask.numpy().astype(np.uint8), mask_path, reference=volume, dtype=np.uint8)
                 save_volume(observation.image(), corrupted, reference=volume)
-            except Exception as exc:  # noqa: BLE001 - a bad volume must not stop the others
+            except Exception as failure:  # noqa: BLE001 - a bad volume must not stop the others
                 if len(jobs) == 1:
                     raise
+                exc = as_user_error(failure)  # a full disk or a permission is the user's to fix
                 failed += 1
                 internal = internal or not isinstance(exc, MedinvertError)
                 kind = "" if isinstance(exc, MedinvertError) else f"internal error: {type(exc).__name__}: "

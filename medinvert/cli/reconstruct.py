@@ -23,8 +23,9 @@ Behaviour:
 * Everything that can be checked without reconstructing (options, corruption spec, input discovery,
   output names, the reference, the models) is checked before anything is written.
 * Resumable: a volume whose output files all exist is skipped (said on stderr) unless
-  ``--overwrite``.  Before skipping, its outputs must read back whole (else it is redone) and its
-  report must name this run's settings (else that volume fails: `medinvert.cli.resume`).  A
+  ``--overwrite``.  Before skipping, its reconstruction and JSON report must read back whole (else it
+  is redone) and the report must name this run's settings (else that volume fails:
+  `medinvert.cli.resume`).  A
   volume with only some of its files (an interrupted run) is redone, and the
   hidden temporary files a killed run may have left for its outputs are deleted first
   (`medinvert.io.atomic.remove_stale_temporaries`).  A killed and restarted run ends with the same
@@ -146,16 +147,20 @@ def _observation_stem(path: Path) -> str | None:
 
 
 def _observation_modality(path: Path, stem: str) -> str | None:
-    """Modality of an observation's source volume (its sidecar's ``source``, else the stem)."""
+    """Modality of an observation's source volume (its sidecar's ``modality``, else guessed from its
+    ``source``, else from the stem)."""
     import json
 
     from medinvert.io import guess_modality
 
     sidecar = path.with_name(f"{stem}_observation.json")
     try:
-        source = json.loads(sidecar.read_text(encoding="utf-8")).get("source")
+        header = json.loads(sidecar.read_text(encoding="utf-8"))
+        source, modality = header.get("source"), header.get("modality")
     except (OSError, ValueError, AttributeError):
-        source = None
+        source, modality = None, None
+    if isinstance(modality, str):  # recorded by `corrupt` (a DICOM series' from its description)
+        return modality
     return guess_modality(source) if source else guess_modality(f"{stem}.nii.gz")
 
 
@@ -374,7 +379,9 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
         if damage is None:
             request = {"method": args.method, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                        "start": args.start, "model_sha256": network.reference.get("sha256")}
-            changed = changed_settings(previous, request, args.corruption if job.kind == "volume" else None)
+            volume_job = job.kind == "volume"
+            changed = changed_settings(previous, request, args.corruption if volume_job else None,
+                                       args.measured if volume_job else None)
             if changed:
                 raise MedinvertError(f"outputs exist from a run with other settings ({'; '.join(changed)}); pass "
                                      "--overwrite to redo them or choose another --out", path=paths.recon)
@@ -437,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from medinvert.errors import MedinvertError
+    from medinvert.errors import MedinvertError, as_user_error
     from medinvert.io import load_volume
     from medinvert.io.atomic import remove_stale_temporaries, require_writable_folder
     from medinvert.train.distributed import init_distributed, shutdown_distributed
@@ -465,7 +472,8 @@ def run(args: argparse.Namespace) -> int:
         for job in tqdm(mine, desc=desc, unit="volume", file=sys.stderr, disable=None):
             try:
                 row = reconstruct_job(job, args, models, str(context.device), reference=reference, progress=single)
-            except Exception as exc:  # noqa: BLE001 - a bad volume must not stop the others
+            except Exception as failure:  # noqa: BLE001 - a bad volume must not stop the others
+                exc = as_user_error(failure)  # a full disk or a permission is the user's to fix
                 internal = not isinstance(exc, MedinvertError)
                 kind = f"internal error: {type(exc).__name__}: " if internal else ""
                 message = kind + " ".join(str(exc).split())

@@ -2,12 +2,14 @@
 
 A re-run into the same folder skips finished volumes (resumable batches).  Two checks keep that safe:
 
-* `damaged_outputs`: every output is written atomically, so a file that does not read back (a
-  truncated copy, a disk error) was damaged after the run; the volume is then redone.
+* `damaged_outputs`: every output is written atomically, so a reconstruction or JSON report that
+  does not read back (a truncated copy, a disk error) was damaged after the run; the volume is then
+  redone.  (The HTML report and the latent are not read back.)
 * `changed_settings`: the earlier report's ``settings`` and ``input`` sections are compared with
   this run's request (method, steps when given, guidance, seed, start, the model's SHA-256, and the
-  parameters of ``--corruption``); a difference is an error for that volume -- skipping would keep
-  outputs of other settings under this run's summary, redoing would overwrite them unasked.
+  parameters of ``--corruption`` or ``--measured``); a difference is an error for that volume --
+  skipping would keep outputs of other settings under this run's summary, redoing would overwrite
+  them unasked.
 """
 
 from __future__ import annotations
@@ -49,14 +51,16 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def changed_settings(report: dict[str, Any], request: dict[str, Any], corruption: str | None) -> list[str]:
+def changed_settings(report: dict[str, Any], request: dict[str, Any], corruption: str | None,
+                     measured: str | None = None) -> list[str]:
     """The settings in which ``report`` (an earlier run's) differs from ``request``, as ``name: old -> new``.
 
     ``request``: this run's ``method``, ``steps`` (None = the model's default, not compared),
     ``guidance``, ``seed``, ``start`` and ``model_sha256``.  ``corruption``: the ``--corruption`` spec
-    (simulated inputs) or None; its explicitly parsed parameters are compared with the report's
-    ``input`` section.
+    (simulated inputs) or None; ``measured``: the ``--measured`` spec (the input is the noisy data) or
+    None.  Their explicitly given parameters are compared with the report's ``input`` section.
     """
+    from medinvert.transforms.measured import parse_measured_spec
     from medinvert.transforms.params import parse_corruption_spec
 
     settings = report.get("settings") or {}
@@ -67,9 +71,21 @@ def changed_settings(report: dict[str, Any], request: dict[str, Any], corruption
         if not _same(settings[key], value):
             old, new = (str(settings[key])[:16], str(value)[:16]) if key.endswith("sha256") else (settings[key], value)
             differences.append(f"{key}: {old} -> {new}")
+    recorded = report.get("input") or {}
+    was_measured = bool((recorded.get("params") or {}).get("measured"))
+    if was_measured != (measured is not None):
+        differences.append("input: " + ("measured -> simulated" if was_measured else "simulated -> measured"))
+    elif measured is not None:
+        previous = recorded.get("params") or {}
+        spec = parse_measured_spec(measured)
+        if spec["sigma"] is None and not previous.get("sigma_estimated"):
+            differences.append(f"sigma: {previous.get('sigma')} -> auto")
+        elif spec["sigma"] is not None and not _same(previous.get("sigma"), spec["sigma"]):
+            differences.append(f"sigma: {previous.get('sigma')} -> {spec['sigma']}")
+        if previous.get("noise_model") != spec["noise_model"]:
+            differences.append(f"noise_model: {previous.get('noise_model')} -> {spec['noise_model']}")
     if corruption is not None:
         kind, params = parse_corruption_spec(corruption)
-        recorded = report.get("input") or {}
         if recorded.get("kind") != kind:
             differences.append(f"corruption: {recorded.get('kind')} -> {kind}")
         else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Datas
     pixel data is an error.  NIfTI files are ignored.
     """
     groups: dict[str, list[tuple[Path, "Dataset"]]] = {}
-    stubs: list[Path] = []  # name without extension, too short for a DICOM header: a damaged slice?
+    stubs: list[Path] = []  # numbered name without extension, too short for a DICOM header: a cut slice?
     for path in sorted(files):
         if is_nifti_name(path):
             continue
@@ -189,12 +190,18 @@ def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Datas
         if not uid:
             raise MedinvertError("DICOM file has no SeriesInstanceUID", path=path)
         groups.setdefault(uid, []).append((path, ds))
-    series_folders = {p.parent for members in groups.values() for p, _ in members}
+    series_names = {(p.parent, _numbered_prefix(p.name)) for members in groups.values() for p, _ in members}
     for path in stubs:
-        if path.parent in series_folders:
+        if (path.parent, _numbered_prefix(path.name)) in series_names and any(c.isdigit() for c in path.name):
             raise MedinvertError(f"is {path.stat().st_size} bytes, too short for a DICOM file, among the files of a "
                                  "DICOM series: a truncated copy of a slice? (remove it if it is not one)", path=path)
     return dict(sorted(groups.items()))
+
+
+def _numbered_prefix(name: str) -> str:
+    """``"IM0004"`` -> ``"IM"``, ``"00000012"`` -> ``""``: the name with its digits removed, which the
+    files of one numbered series share (so ``VERSION`` next to ``IM0001`` is not taken for a slice)."""
+    return re.sub(r"\d+", "", Path(name).stem)
 
 
 def _refuse_truncated(ds: "Dataset", path: Path) -> None:
@@ -395,9 +402,10 @@ def _check_collinear(positions: list[np.ndarray], step: np.ndarray, normal: np.n
     The slice-normal spacing is checked separately; this catches a slice moved within its plane,
     which one affine cannot describe.  A gantry tilt shifts every slice by the same amount per slice,
     so its origins stay on the line (the affine's third column is then oblique to the slices).
-    Tolerance: 2 % of a pixel (positions are often written with 2 to 4 decimals).
+    Tolerance: 0.05 mm or a tenth of a pixel, whichever is larger -- positions written with two
+    decimals are off by up to 0.009 mm, a misplaced stack by millimetres.
     """
-    tolerance = max(1e-3, 0.02 * pixel)
+    tolerance = max(0.05, 0.1 * pixel)
     expected = positions[0] + np.arange(len(positions))[:, None] * step[None, :]
     residual = np.stack(positions) - expected
     offsets = np.linalg.norm(residual - (residual @ normal)[:, None] * normal[None, :], axis=1)

@@ -127,26 +127,29 @@ def guess_modality(path: str | Path) -> str | None:
 
 #: words of a DICOM SeriesDescription / ProtocolName that name a contrast agent (T1 post-contrast)
 _CONTRAST_WORDS = frozenset({"post", "gd", "gad", "gado", "contrast", "+c", "c+", "ce", "postcontrast", "mdc"})
-#: words that name a FLAIR (fluid-attenuated T2) sequence
+#: words that deny one: "T1 pre Gd", "T1 W/O CONTRAST", "T1 non-contrast", "native"
+_NO_CONTRAST_WORDS = frozenset({"pre", "precontrast", "non", "noncontrast", "without", "native", "nativ"})
+#: words that name a FLAIR (fluid-attenuated T2) sequence; with a T1 word it is a T1 FLAIR (T1-weighted)
 _FLAIR_WORDS = frozenset({"flair", "t2f", "tirm", "dark-fluid", "darkfluid"})
 
 
 def guess_series_modality(description: str) -> str | None:
     """Canonical modality from a scanner's series description (``"AX T2 FLAIR"``, ``"t1_mprage_sag"``,
     ``"T1 post Gd"``), or None.  Every word counts (unlike `guess_modality`, which reads file-name
-    suffixes): FLAIR words win, then T1 with a contrast word (t1ce), then T2, then T1 / MPRAGE.
+    suffixes): a T1 word with a contrast word and no denial (``pre``, ``w/o``, ``non``) is t1ce, any
+    other T1 word t1 (``AX T1 FLAIR`` is T1-weighted); then FLAIR words give flair, T2 words t2.
 
     >>> guess_series_modality("T2 axial"), guess_series_modality("AX T1 +C"), guess_series_modality("localizer")
     ('t2', 't1ce', None)
     """
-    words = {w for w in re.split(r"[\s_/.,()]+", description.lower()) if w}
+    text = description.lower().replace("w/o", " without ")
+    words = {w for w in re.split(r"[\s_/.,()]+", text) if w}
     words |= {part for w in words for part in w.split("-") if part}
+    mapped = {_TOKEN_TO_MODALITY.get(w) for w in words}
+    t1 = bool({"t1", "t1ce"} & mapped) or bool(words & {"t1w", "mprage", "spgr", "bravo", "tfl", "tfe", "vibe"})
+    if t1:
+        contrast = "t1ce" in mapped or bool(words & _CONTRAST_WORDS)
+        return "t1ce" if contrast and not words & _NO_CONTRAST_WORDS else "t1"
     if words & _FLAIR_WORDS:
         return "flair"
-    mapped = {_TOKEN_TO_MODALITY.get(w) for w in words}
-    t1 = "t1" in mapped or bool(words & {"t1w", "mprage", "spgr", "bravo", "tfl", "tfe", "vibe"})
-    if "t1ce" in mapped or (t1 and words & _CONTRAST_WORDS):
-        return "t1ce"
-    if "t2" in mapped:
-        return "t2"
-    return "t1" if t1 else None
+    return "t2" if "t2" in mapped else None

@@ -185,15 +185,6 @@ def _cast(data: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
     raise MedinvertError(f"unsupported output data type {dtype}", path=path)
 
 
-def _has_shear(affine: np.ndarray, tolerance: float = 1e-4) -> bool:
-    """True when the (4, 4) affine's voxel axes are not orthogonal (cosine above ``tolerance``)."""
-    axes = affine[:3, :3]
-    gram = axes.T @ axes
-    norms = np.sqrt(np.diag(gram))
-    cosines = gram / np.outer(norms, norms)
-    return bool(np.max(np.abs(cosines - np.eye(3))) > tolerance)
-
-
 def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: Any = np.float32) -> Path:
     """Write a volume ``(X, Y, Z)`` (or ``(X, Y)``, or channel-first ``(1, X, Y, Z)``) to NIfTI atomically.
 
@@ -208,8 +199,9 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
     save round trip reproduces them bit for bit (a header with both codes 0 stays so: its affine comes
     from pixdim, and writing code 1 would claim a scanner space it never had).  Otherwise both
     are set from the affine, each keeping the source's non-zero code, else code 1 (scanner); the sform
-    is then exact to float32 precision (the NIfTI storage type).  A sheared affine (a DICOM series with
-    gantry tilt) has no qform: its qform code is 0, so no reader takes the shear-free approximation.
+    is then exact to float32 precision (the NIfTI storage type) and the qform holds the nearest shear-free
+    approximation (a DICOM series with gantry tilt has a sheared affine; ITK-based tools refuse a file
+    whose only transform is non-orthonormal, so the qform is kept rather than zeroed).
 
     ``dtype`` (default float32): an integer type rounds and refuses out-of-range values.  Written bytes
     are deterministic (nibabel's gzip stream carries no time stamp).  Returns ``Path(path)``.
@@ -238,11 +230,10 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
     if header is None:
         header = nifti_header(reference)
 
-    sheared = _has_shear(affine)  # a qform (rotation, zooms, translation) cannot hold it: its code is 0
     if header is None:
         image = nib.Nifti1Image(data, affine)
         image.set_sform(affine, code=1)
-        image.set_qform(affine, code=0 if sheared else 1)
+        image.set_qform(affine, code=1)
         image.header.set_xyzt_units("mm", "sec")
     else:
         header.set_data_shape(data.shape)
@@ -256,7 +247,7 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
         image = image_class(data, None, header=header)
         if not keep:
             image.set_sform(affine, code=scode if scode > 0 else (qcode if qcode > 0 else 1))
-            image.set_qform(affine, code=0 if sheared else (qcode if qcode > 0 else (scode if scode > 0 else 1)))
+            image.set_qform(affine, code=qcode if qcode > 0 else (scode if scode > 0 else 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write_path(out) as tmp:
         nib.save(image, str(tmp))

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from medinvert.determinism import float32_default
 from medinvert.errors import MedinvertError
 from medinvert.io.atomic import atomic_write_path
 from medinvert.models.layers import freeze_spectral_norm
@@ -223,6 +224,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
+@float32_default  # built in float32 whatever the caller's default dtype
 def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = True) -> tuple[LipschitzUNet, dict[str, Any]]:
     """Build the network stored in ``path`` and return ``(model, config)``; model in eval mode.
 

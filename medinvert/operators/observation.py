@@ -37,8 +37,10 @@ nifti_header  uint8      (348,)/(540,)  raw NIfTI header of the source (optional
 ============  =========  =============  ==================================================
 
 ``<stem>_observation.json`` -- UTF-8 JSON object: ``format`` ("medinvert-observation"),
-``format_version`` (1), ``medinvert_version``, ``kind``, ``params`` (the corruption parameters,
+``format_version`` (2; version 1 files, without ``nifti_header`` and ``modality``, are read too),
+``medinvert_version``, ``kind``, ``params`` (the corruption parameters,
 e.g. acceleration, center_fraction, pattern, seed, sigma, noise_model, blur spec), ``source``,
+``modality`` (of the source, or null),
 ``layout`` (axis order of each array), ``arrays`` (name -> ``{"shape", "dtype"}``), ``npz`` (file name
 of the archive, informational) and ``npz_sha256`` (SHA-256 of the ``.npz`` bytes).
 
@@ -72,7 +74,7 @@ from medinvert.operators.layout import as_plain_tensor, slices_to_volume, volume
 __all__ = ["Observation", "observation_paths", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "medinvert-observation"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the optional nifti_header array and modality; 1 is still read
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _LAYOUT = {"y": "Z,X,Y", "y_real": "Z,X,Y", "y_imag": "Z,X,Y", "mask": "X,Y,Z", "adjoint": "X,Y,Z",
            "descriptor": "L", "affine": "4,4", "kernel": "kh,kw", "nifti_header": "bytes"}
@@ -123,6 +125,7 @@ class Observation:
         kernel: float32 ``(kh, kw)`` for blur, None otherwise.
         source: path of the source volume, or None.
         nifti_header: raw NIfTI header bytes of the source, or None.
+        modality: canonical modality of the source (from its name or DICOM series description), or None.
     """
 
     kind: str
@@ -135,6 +138,7 @@ class Observation:
     kernel: torch.Tensor | None = None
     source: str | None = None
     nifti_header: bytes | None = None
+    modality: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -238,6 +242,7 @@ class Observation:
             "kind": self.kind,
             "params": self.params,
             "source": self.source,
+            "modality": self.modality,
             "layout": {name: _LAYOUT[name] for name in sorted(arrays)},
             "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in sorted(arrays.items())},
             "npz": npz_path.name,
@@ -304,6 +309,7 @@ class Observation:
                 kernel=torch.from_numpy(arrays["kernel"]) if "kernel" in arrays else None,
                 source=header.get("source"),
                 nifti_header=arrays["nifti_header"].tobytes() if "nifti_header" in arrays else None,
+                modality=header.get("modality") if isinstance(header.get("modality"), str) else None,
             )
         except ValueError as exc:
             raise MedinvertError(f"inconsistent observation: {exc}", path=npz_path) from None

@@ -63,10 +63,10 @@ def as_volume(img: Any) -> VolumeInput:
     if data.is_complex() or not (data.dtype.is_floating_point or data.dtype in
                                  (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)):
         raise MedinvertError(f"volume must hold real numbers, got {data.dtype}", path=source)
-    while data.ndim > 3 and data.shape[-1] == 1:  # (X, Y, Z, 1, ...): a 4-D file's singleton axes
-        data = data[..., 0]
     if data.ndim == 4 and data.shape[0] == 1:  # channel first, as after MONAI's EnsureChannelFirst
         data = data[0]
+    while data.ndim > 3 and data.shape[-1] == 1:  # (X, Y, Z, 1, ...): a 4-D file's singleton axes
+        data = data[..., 0]
     if data.ndim != 3 or min(data.shape) < 1:
         raise MedinvertError(f"expected a volume of shape (X, Y, Z), got shape {tuple(data.shape)}", path=source)
     data = data.to(torch.float32).contiguous()
