@@ -25,9 +25,8 @@ Behaviour:
 * Resumable: a volume whose output files all exist is skipped (said on stderr) unless
   ``--overwrite``.  Before skipping, its reconstruction and JSON report must read back whole (else it
   is redone) and the report must name this run's settings (else that volume fails:
-  `medinvert.cli.resume`).  A
-  volume with only some of its files (an interrupted run) is redone, and the
-  hidden temporary files a killed run may have left for its outputs are deleted first
+  `medinvert.cli.resume`).  A volume with only some of its files (an interrupted run) is redone, and
+  the hidden temporary files a killed run may have left for its outputs are deleted first
   (`medinvert.io.atomic.remove_stale_temporaries`).  A killed and restarted run ends with the same
   bytes as an uninterrupted one.
 * Batch semantics: a volume that fails is reported in one line on stderr and skipped, the others
