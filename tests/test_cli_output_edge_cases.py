@@ -137,3 +137,16 @@ def test_file_system_refusals_are_user_errors_and_other_os_errors_are_not():
     assert isinstance(full, MedinvertError) and str(full) == "out/a_recon.nii.gz: No space left on device"
     timeout = TimeoutError(errno.ETIMEDOUT, "timed out")
     assert as_user_error(timeout) is timeout
+
+
+def test_an_interrupted_run_that_produced_nothing_leaves_no_folder(capsys, tmp_path, model, monkeypatch):
+    import medinvert.reconstruct
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medinvert.reconstruct, "reconstruct_volume", interrupted)
+    source = _scan(tmp_path / "scan_t1.nii.gz")
+    code, _, stderr = _run(capsys, "reconstruct", source, "--corruption", "kspace:4", "--model", model, "--out",
+                           tmp_path / "out", *FAST)
+    assert code == 130 and "interrupted" in stderr and not (tmp_path / "out").exists()

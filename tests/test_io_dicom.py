@@ -277,3 +277,13 @@ def test_positions_rounded_to_two_decimals_still_load(make_dicom_series, tmp_pat
         ds.ImagePositionPatient = [f"{float(v):.2f}" for v in ds.ImagePositionPatient]
         ds.save_as(path, enforce_file_format=True)
     assert load_volume(spec.folder).shape[-1] == 12
+
+
+def test_a_malformed_header_value_names_its_file(dicom_series) -> None:
+    path = dicom_series.files[2]
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope
+    ds.add(pydicom.DataElement(0x00281053, "LO", "abc"))  # RescaleSlope that is not a number (explicit VR)
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(MedinvertError, match=f"{path.name}: malformed DICOM file"):
+        load_volume(dicom_series.folder)

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     from medinvert.errors import MedinvertError, as_user_error
     from medinvert.io import ensure_not_input, find_cases, load_volume, save_volume, volume_stem
+    from medinvert.io.load import inputs_inside_out
     from medinvert.io.atomic import remove_stale_temporaries, require_writable_folder
     from medinvert.io.naming import parse_brats_name
     from medinvert.operators.observation import observation_paths
@@ -171,8 +172,7 @@ def run(args: argparse.Namespace) -> int:
             plan.append((case, case_jobs))
     jobs = [job for _, case_jobs in plan for job in case_jobs]
     if not jobs and any(_inside(path, out) for case in cases for key, path in case.paths.items() if key != "seg"):
-        raise MedinvertError(f"every volume here lies inside --out {out} (where earlier outputs are skipped); choose "
-                             "an --out outside the input", path=args.input)
+        raise inputs_inside_out(out, args.input)
     if not jobs:
         raise MedinvertError("nothing to corrupt: only segmentations found", path=args.input)
     inputs = [job[1] for job in jobs]

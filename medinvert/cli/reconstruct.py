@@ -131,11 +131,6 @@ def _inside(path: Path, folder: Path) -> bool:
     from medinvert.io.load import is_inside  # lazy: keeps `medinvert --help` free of torch imports
 
     return is_inside(path, folder)
-    try:
-        Path(path).resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _observation_stem(path: Path) -> str | None:
@@ -206,6 +201,7 @@ def volume_jobs(root: str | Path, exclude: Path | None = None,
     name for BraTS files, else the case id (as `medinvert corrupt` names them)."""
     from medinvert.errors import MedinvertError
     from medinvert.io import find_cases, guess_modality, volume_stem
+    from medinvert.io.load import inputs_inside_out
     from medinvert.io.naming import MODALITIES, parse_brats_name
 
     jobs: list[Job] = []
@@ -223,8 +219,7 @@ def volume_jobs(root: str | Path, exclude: Path | None = None,
             modality = key if key in MODALITIES else guess_modality(path)
             jobs.append(Job(len(jobs), case.case_id, stem, "volume", Path(path), case.series_uid, modality))
     if not jobs and inside_out:
-        raise MedinvertError(f"every volume here lies inside --out {exclude} (where earlier outputs are skipped); "
-                             "choose an --out outside the input", path=root)
+        raise inputs_inside_out(exclude, root)
     if not jobs:
         wanted = f" of modality {', '.join(modalities)}" if modalities is not None else ""
         raise MedinvertError(f"nothing to reconstruct: no volume{wanted} (segmentations are skipped)", path=root)

@@ -121,3 +121,10 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def inputs_inside_out(out: str | Path, where: str | Path) -> MedinvertError:
+    """The error for an input whose every volume lies inside the output folder ``out`` (batch commands
+    skip files below ``--out`` as their own earlier outputs, so nothing would be left to do)."""
+    return MedinvertError(f"every volume here lies inside --out {out} (where earlier outputs are skipped); choose "
+                          "an --out outside the input", path=where)
