@@ -6,8 +6,8 @@ fraction 0.08) and 8x (0.04) on ``--slices`` evaluation slices (`reconstruction.
 PSNR (dB, fastMRI: data range = reference volume max) of the tuned CS-TV baseline (`cs_tv.TUNED_LAMBDA`),
 of the shipped model's guess alone (`medinvert.guess.conditioning_volume`), of the shipped model with the
 engine's defaults (``exact``, `medinvert.engine.default_steps`, default grid) or at each of ``--steps``,
-and of any further checkpoints named by ``--also PATTERN`` (``{m}`` = the modality; ``exact``,
-20 steps, their own default grid -- how session 4's models were run).  Run from the repository root::
+and of any further checkpoints named by ``--also PATTERN`` (``{m}`` = the modality; ``exact``, their own
+default steps and grid: 20 steps for adjoint-guess models, 10 for CS-TV-guess ones).  Run from the repository root::
 
     python benchmarks/modalities.py
     python benchmarks/modalities.py --also 'runs/s3/{m}_2d_small2.pt'
@@ -50,9 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slices", type=int, default=4)
     parser.add_argument("--also", nargs="*", default=[], metavar="PATTERN",
-                        help="further checkpoints per modality, '{m}' replaced by the modality (exact, 20 steps)")
+                        help="further checkpoints per modality, '{m}' replaced by the modality (exact, default steps)")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="step counts of the shipped model (default: its default only)")
+    parser.add_argument("--modalities", nargs="+", choices=tuple(CONTRASTS), default=tuple(CONTRASTS),
+                        help="models to evaluate (default all four)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     recon_bench.check_split()
@@ -60,11 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"held-out {recon_bench.HELDOUT_CASE}, slices {slices}, random Cartesian masks (seed 0), PSNR (dB)\n")
     step_counts: list[int | None] = list(args.steps) if args.steps else [None]
     shipped_columns = [f"shipped (exact, {'default' if n is None else n} steps)" for n in step_counts]
-    extra = [f"{pattern} (exact, 20)" for pattern in args.also]
+    extra = [f"{pattern} (exact, default steps)" for pattern in args.also]
     columns = ["zero-filled", "CS-TV", "guess alone", *shipped_columns, "first shipped vs CS-TV", *extra]
     print("| model (contrast) | accel. | " + " | ".join(columns) + " |")
     print("|---" * (2 + len(columns)) + "|")
-    for model, suffix in CONTRASTS.items():
+    for model in args.modalities:
+        suffix = CONTRASTS[model]
         path = recon_bench.SAMPLE / recon_bench.HELDOUT_CASE / f"{recon_bench.HELDOUT_CASE}-{suffix}.nii.gz"
         volume = load_volume(path)
         reference = torch.as_tensor(np.asarray(volume), dtype=torch.float32)[:, :, slices]
@@ -80,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with deterministic(args.threads):
                 guess = conditioning_volume(observation, shipped.guess, slices=slices)[:, :, slices]
                 ours = [_ours(observation, shipped, slices, n)[:, :, slices] for n in step_counts]
-                rest = [_ours(observation, other, slices, 20)[:, :, slices] for other in others]
+                rest = [_ours(observation, other, slices, None)[:, :, slices] for other in others]
             fixed = [psnr(image, reference, data_range=peak) for image in (zero_filled, tv, guess, *ours)]
             later = [psnr(image, reference, data_range=peak) for image in rest]
             cells = [f"{v:.2f}" for v in fixed] + [f"{fixed[3] - fixed[1]:+.2f}"] + [f"{v:.2f}" for v in later]

@@ -67,10 +67,11 @@ class ReconstructionResult:
 
 
 def load_observation_input(source: Any, corruption: str | None, seed: int,
-                           measured: str | None = None) -> tuple[Observation, Any]:
+                           measured: str | None = None, name: str | None = None) -> tuple[Observation, Any]:
     """``(observation, clean volume or None)`` from an Observation, an observation file / `corrupt`
     output folder, a clean volume (path / MetaTensor) plus a corruption spec, or a noisy volume that is
-    itself the measurement plus a ``measured`` spec (`medinvert.transforms.measured`; no clean volume)."""
+    itself the measurement plus a ``measured`` spec (`medinvert.transforms.measured`; no clean volume).
+    ``name`` seeds a simulated corruption as `medinvert.transforms.corrupt` does (default: the file name)."""
     from medinvert.io import load_volume
     from medinvert.transforms import corrupt, measured_noise, parse_corruption_spec, parse_measured_spec
 
@@ -99,7 +100,7 @@ def load_observation_input(source: Any, corruption: str | None, seed: int,
         raise MedinvertError("a clean volume needs a corruption spec (corruption='kspace:4' ...)")
     volume = load_volume(path) if path is not None else source
     kind, params = parse_corruption_spec(corruption)
-    return corrupt(volume, kind, seed=seed, **params), volume
+    return corrupt(volume, kind, seed=seed, name=name, **params), volume
 
 
 def _sha256(tensor: torch.Tensor) -> str:
@@ -224,6 +225,7 @@ def reconstruct_volume(
     return_latent: bool = True,
     progress: bool = False,
     threads: int | None = None,
+    name: str | None = None,
 ) -> ReconstructionResult:
     """Reconstruct a volume from its observation (see the module docstring for the report).
 
@@ -254,6 +256,10 @@ def reconstruct_volume(
             withheld-line validation, on one batch of slices, on all of them, or not at all).
         return_latent: also invert the output exactly (one more pass) into ``result.latent``.
         threads: intra-op threads (default `medinvert.determinism.default_threads`).
+        name: the volume's name, which seeds a simulated corruption (as ``medinvert corrupt`` names each
+            volume by its output stem; default: the file name in the volume's metadata) and the seeds
+            of the start noise and the withheld-line check (default: the name the observation records,
+            else its source's file name).
     """
     from medinvert.determinism import deterministic
     from medinvert.inversion import invert, resolve_network, roundtrip
@@ -265,14 +271,15 @@ def reconstruct_volume(
         raise MedinvertError(f"checks must be one of {', '.join(CHECK_MODES)}, got {checks!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedinvertError("device 'cuda' requested but no CUDA device is available")
-    observation, clean = load_observation_input(observation_or_volume, corruption, seed, measured)
+    observation, clean = load_observation_input(observation_or_volume, corruption, seed, measured, name)
     ref_t = _reference_volume(clean if reference is None else reference, observation.shape)  # checked before work
     source = observation.source or "volume"
     modality = observation.modality or (guess_modality(source) if observation.source else None)
     resolved = resolve_network(model if model is not None else default_model_name(modality))
     net = resolved.net.to(device)
     steps = default_steps(observation.kind, resolved.guess) if steps is None else steps
-    base_seed = seed_from_name(Path(source).name, seed)
+    # seeded by the volume's recorded name, not the path as typed ("." names the working directory)
+    base_seed = seed_from_name(name or observation.params.get("name") or Path(source).name, seed)
     wall = time.perf_counter()
     with deterministic(threads):
         bar = None

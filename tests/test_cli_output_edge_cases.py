@@ -99,6 +99,11 @@ def test_gzip_data_named_nii_is_explained(capsys, tmp_path):
     misnamed = source.rename(tmp_path / "scan.nii")
     code, _, stderr = _run(capsys, "info", misnamed)
     assert code == 2 and "gzip-compressed but named .nii" in stderr
+    # and the other way round: plain NIfTI bytes under a .nii.gz name (a browser decompressed the download)
+    plain = _scan(tmp_path / "plain.nii")
+    renamed = plain.rename(tmp_path / "plain.nii.gz")
+    code, _, stderr = _run(capsys, "info", renamed)
+    assert code == 2 and "not gzip-compressed" in stderr and "plain.nii.gz" in stderr, stderr
 
 
 def test_unknown_modality_gets_a_note_after_success_and_in_the_summary(capsys, tmp_path, model):
@@ -150,3 +155,53 @@ def test_an_interrupted_run_that_produced_nothing_leaves_no_folder(capsys, tmp_p
     code, _, stderr = _run(capsys, "reconstruct", source, "--corruption", "kspace:4", "--model", model, "--out",
                            tmp_path / "out", *FAST)
     assert code == 130 and "interrupted" in stderr and not (tmp_path / "out").exists()
+
+
+def test_both_routes_seed_each_volume_by_its_own_name(capsys, tmp_path, model, monkeypatch):
+    """Two patients' ``T1.nii.gz`` get different masks, the same ones whether simulated by ``corrupt``
+    or by ``reconstruct --corruption``; the start seed does not depend on how the input path was typed."""
+    for patient in ("patient1", "patient2"):
+        _scan(tmp_path / "pts" / patient / "T1.nii.gz")
+    code, _, stderr = _run(capsys, "corrupt", tmp_path / "pts", "--kind", "kspace", "--out", tmp_path / "obs")
+    assert code == 0, stderr
+    code, _, stderr = _run(capsys, "reconstruct", tmp_path / "pts", "--corruption", "kspace:4", "--out",
+                           tmp_path / "direct", "--model", model, *FAST)
+    assert code == 0, stderr
+    sidecars = sorted((tmp_path / "obs").glob("*_observation.json"))
+    assert len(sidecars) == 2
+    corrupted = {p.name: json.loads(p.read_text())["params"]["mask_seed"] for p in sidecars}
+    direct = {p.name.replace("_report.json", "_observation.json"): json.loads(p.read_text())["input"]
+              for p in (tmp_path / "direct").glob("*_report.json")}
+    assert len(set(corrupted.values())) == 2
+    assert {k: v["params"]["mask_seed"] for k, v in direct.items()} == corrupted
+    # a corrupt output read as "." from inside it, or by its full path: the same start seed and bytes
+    monkeypatch.chdir(tmp_path / "obs")
+    stem = sidecars[0].name.removesuffix("_observation.json")
+    outputs = []
+    for source, out in ((sidecars[0].name, tmp_path / "r1"), (sidecars[0], tmp_path / "r2")):
+        code, _, stderr = _run(capsys, "reconstruct", source, "--out", out, "--model", model, "--start", "noise", *FAST)
+        assert code == 0, stderr
+        outputs.append((out / f"{stem}_recon.nii.gz").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+def test_negative_intensities_get_a_note(capsys, tmp_path, model):
+    """A z-scored volume reconstructs, with a note (stderr and summary.csv) that it is outside the
+    models' magnitude-image domain; a non-negative one gets none."""
+    data = phantom()
+    for name, volume in (("zscored_t1.nii.gz", (data - data.mean()) / data.std()), ("plain_t1.nii.gz", data)):
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), tmp_path / name)
+        code, _, stderr = _run(capsys, "reconstruct", tmp_path / name, "--corruption", "kspace:4", "--out",
+                               tmp_path / name.split("_")[0], "--model", model, *FAST)
+        assert code == 0, stderr
+        assert ("negative intensities" in stderr) == name.startswith("zscored"), stderr
+
+
+def test_steps_other_than_the_trained_ones_get_a_note(capsys, tmp_path):
+    """The shipped models were trained through 10 sampling steps; another --steps value is said."""
+    source = _scan(tmp_path / "scan_t1.nii.gz")
+    for steps, noted in (("10", False), ("3", True)):
+        code, _, stderr = _run(capsys, "reconstruct", source, "--corruption", "kspace:4", "--out", tmp_path / steps,
+                               "--steps", steps, "--checks", "none")
+        assert code == 0, stderr
+        assert ("trained through 10 sampling steps" in stderr) == noted, stderr

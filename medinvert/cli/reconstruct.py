@@ -368,6 +368,7 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     if args.model is None and job.modality not in MODALITIES:
         notes.append(f"no modality in its name or series description: used the {model_name_for(job, None)} model "
                      "(--model NAME|PATH to choose)")
+    notes += _trained_steps_note(network, args.steps)
     if paths.complete() and not args.overwrite:
         previous, damage = damaged_outputs(paths.recon, paths.report_json)
         if damage is None:
@@ -387,6 +388,7 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     if job.kind == "volume":
         source_volume = load_volume(job.source, series_uid=job.series_uid)
         source: Any = source_volume
+        notes += _negative_intensity_note(source_volume)
         if reference is None and args.measured is None:  # simulated: the clean input is the reference
             reference = source_volume
     else:
@@ -396,10 +398,35 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
         measured=args.measured if job.kind == "volume" else None,
         method=args.method, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, device=device,
         reference=reference, seed=args.seed, start=args.start, checks=args.checks, return_latent=args.save_latent, progress=progress,
-        threads=args.threads)
+        threads=args.threads, name=job.stem if job.kind == "volume" else None)
     report = write_outputs(result, paths, reference=reference, source_volume=source_volume,
                            title=f"medinvert reconstruction: {job.stem}")
     return _row(job, "done", paths.recon, report, "; ".join(notes))
+
+
+def _trained_steps_note(network: Any, steps: int | None) -> list[str]:
+    """A note when ``--steps`` differs from the step count a model was trained through
+    (`medinvert.train.unrolled`): the shipped models, trained through 10 BDIA steps, lose 1.5-3 dB at
+    20 steps with ``exact`` (docs/benchmarks.md, session 7)."""
+    config = getattr(network.net, "checkpoint_config", None) or {}
+    training = config.get("training") or {}
+    trained = training.get("unrolled_steps") if training.get("unrolled_weight") else None
+    if steps is None or trained is None or int(trained) == int(steps):
+        return []
+    return [f"the model was trained through {trained} sampling steps; --steps {steps} is likely to reconstruct worse"]
+
+
+def _negative_intensity_note(volume: Any) -> list[str]:
+    """A note when more than a trace of ``volume`` is negative (z-scored, CT-like offsets): the models
+    were trained on magnitude images and do worse there (docs/reliability.md, known limits)."""
+    import numpy as np
+
+    data = np.asarray(volume, dtype=np.float64)
+    low, peak = float(data.min(initial=0.0)), float(np.abs(data).max(initial=0.0))
+    if peak == 0.0 or low >= -0.01 * peak:
+        return []
+    return [f"negative intensities (min {low:.4g}): the models expect magnitude images (>= 0), so this "
+            "reconstruction may be poor; reconstruct the raw magnitude if you have it"]
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -34,6 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--guess", choices=("adjoint", "cs_tv"), default="adjoint",
                    help="conditioning image of k-space samples: the adjoint A^H y (default) or the CS-TV "
                         "reconstruction of the measurement (the model then refines CS-TV; medinvert.guess)")
+    p.add_argument("--unrolled-weight", type=float, default=0.0,
+                   help="with --guess cs_tv: add this weight times the sampler-in-the-loop loss of the k-space samples "
+                        "(the final image of --unrolled-steps data-consistent DDIM steps against the truth; "
+                        "medinvert.train.unrolled)")
+    p.add_argument("--unrolled-steps", type=int, default=10, help="sampling steps the unrolled loss runs through")
+    p.add_argument("--unrolled-method", choices=("bdia", "ddim"), default="bdia",
+                   help="integrator the unrolled loss runs: bdia (the float twin of the default exact method) or ddim")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--channels", default=None,
                    help="feature channels per UNet level, comma separated (default 32,64,128)")
@@ -81,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, crop=args.crop, extra_crops=tuple(args.extra_crops), lr=args.lr,
                          lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,
                          seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup, depth=args.depth,
-                         guess=args.guess, **extra)
+                         guess=args.guess, unrolled_weight=args.unrolled_weight, unrolled_steps=args.unrolled_steps,
+                         unrolled_method=args.unrolled_method,
+                         **extra)
     config.validate()
     out = Path(args.out)
     if out.is_dir():

@@ -528,8 +528,9 @@ def read_dicom_folder(folder: Path, series_uid: str | None = None) -> "MetaTenso
         raise MedinvertError("no NIfTI or DICOM images found in folder", path=folder)
     if series_uid is None:
         if len(groups) > 1:
-            raise MedinvertError(f"folder holds {len(groups)} DICOM series, choose one with series_uid "
-                                 f"(--series-uid): {describe_series(groups)}", path=folder)
+            raise MedinvertError(f"folder holds {len(groups)} DICOM series; choose one with load_volume(folder, "
+                                 f"series_uid=...) or `medinvert convert --series-uid` (corrupt / reconstruct take "
+                                 f"each series as a case): {describe_series(groups)}", path=folder)
         series_uid = next(iter(groups))
     elif series_uid not in groups:
         raise MedinvertError(f"no DICOM series {series_uid} in folder; found {describe_series(groups)}", path=folder)

@@ -56,6 +56,8 @@ def _load_failure(exc: BaseException, path: Path) -> str:
         magic = b""
     if magic == b"\x1f\x8b" and not path.name.lower().endswith(".gz"):
         return "it is gzip-compressed but named .nii; rename it to .nii.gz"
+    if magic and magic != b"\x1f\x8b" and path.name.lower().endswith(".gz"):
+        return "it is named .gz but not gzip-compressed (decompressed by a download?); rename it to .nii"
     if "Cannot work out file type" in str(exc):
         return "no NIfTI-1 or NIfTI-2 header at its start"
     return exception_reason(exc, path)

@@ -23,7 +23,9 @@ samples an uninterrupted one would have seen):
 Returned dict (tensors, float32): ``x0 (1, crop, crop)`` clean image, ``adjoint (1 + 2k, crop, crop)``
 real part of ``A^H y`` or the CS-TV guess (for 2.5D training with ``neighbours = k``: the slab of
 `medinvert.models.slab`, centre first; the ``2k + 1`` slices are augmented and corrupted together, as one
-small volume), ``descriptor (DESCRIPTOR_LENGTH,)``.
+small volume), ``descriptor (DESCRIPTOR_LENGTH,)``; with ``measurements=True`` also the centre slice's
+normalised k-space ``kspace (1, crop, crop)`` complex64 and ``kspace_mask (1, crop, crop)`` bool (zero /
+all-false for other corruption kinds; `medinvert.train.unrolled`).
 """
 
 from __future__ import annotations
@@ -183,9 +185,10 @@ class SliceSamples(_SampleStream):
 
     def __init__(self, volumes: list[torch.Tensor], length: int, *, seed: int, crop: int = 96,
                  first_index: int = 0, neighbours: int = 0, extra_crops: tuple[int, ...] = (),
-                 samples_per_step: int | None = None, guess: str = "adjoint") -> None:
+                 samples_per_step: int | None = None, guess: str = "adjoint", measurements: bool = False) -> None:
         super().__init__(volumes, length, seed, crop, first_index)
         self.guess = guess
+        self.measurements = bool(measurements)
         if extra_crops and (samples_per_step is None or samples_per_step < 1):
             raise ValueError("extra_crops needs samples_per_step (batch size x processes), so a batch shares one size")
         self.neighbours = int(neighbours)
@@ -227,11 +230,29 @@ class SliceSamples(_SampleStream):
         adjoint = torch.as_tensor(observation.adjoint).float().permute(2, 0, 1)[order]  # (S, crop, crop)
         scale = robust_scale(adjoint[0]) * float(rng.uniform(0.8, 1.25))
         conditioning = self._conditioning(observation, adjoint, order)
-        return {
+        sample = {
             "x0": clean[:1] / scale,
             "adjoint": conditioning / scale,
             "descriptor": torch.as_tensor(observation.descriptor).float(),
         }
+        if self.measurements:
+            sample.update(self._measurement(observation, order, scale))
+        return sample
+
+    @staticmethod
+    def _measurement(observation: Any, order: list[int], scale: float) -> dict[str, torch.Tensor]:
+        """The centre slice's normalised k-space ``kspace (1, crop, crop)`` complex64 and its mask
+        ``kspace_mask (1, crop, crop)`` bool (zeros and all-false for the other corruption kinds), for
+        the sampler-in-the-loop objective (`medinvert.train.unrolled`)."""
+        from medinvert.operators.layout import volume_to_slices
+
+        shape = tuple(observation.adjoint.shape[:2])
+        if observation.kind != "kspace":
+            return {"kspace": torch.zeros((1, *shape), dtype=torch.complex64),
+                    "kspace_mask": torch.zeros((1, *shape), dtype=torch.bool)}
+        centre = order[0]
+        mask = volume_to_slices(observation.mask).to(torch.bool)[centre:centre + 1]
+        return {"kspace": (observation.y[centre:centre + 1] / scale).to(torch.complex64), "kspace_mask": mask}
 
 
 def _augmentations_3d(crop: int, depth: int) -> mt.Compose:

@@ -21,6 +21,9 @@ with probability ``cond_dropout`` both are dropped (the adjoint channel zeroed, 
 learned null embedding), which trains the unconditional model used by classifier-free guidance.
 The optional penalty is a hinge on a finite-difference Lipschitz ratio of the network in x
 (``max(0, ||f(x+d) - f(x)|| / ||d|| - target)^2`` for a small random ``d``).
+With ``unrolled_weight > 0`` (CS-TV-guess models) the loss also gets that weight times the
+sampler-in-the-loop loss of the batch's k-space samples (`medinvert.train.unrolled`): the final image of
+the engine's 10-step data-consistent reconstruction, against the truth.
 
 Reproducibility: the sample at global index ``i`` depends only on ``(seed, i)`` (see
 `medinvert.train.data`), the noise and times of step ``s`` only on ``(seed, s, rank)``, so a resumed
@@ -56,6 +59,7 @@ from medinvert.operators import DESCRIPTOR_LENGTH
 from medinvert.schedule import Schedule, make_schedule
 from medinvert.train.data import TRAINABLE_MODALITIES, PatchSamples, SliceSamples, load_training_volumes
 from medinvert.train.distributed import DistContext
+from medinvert.train.unrolled import UNROLLED_METHODS, unrolled_loss
 
 __all__ = ["TrainConfig", "train", "TRAINABLE_PREDICTIONS"]
 
@@ -100,6 +104,9 @@ class TrainConfig:
     threads: int = 2
     init: str | None = None
     guess: str = "adjoint"  # conditioning image of k-space samples: "adjoint" or "cs_tv" (`medinvert.guess`)
+    unrolled_weight: float = 0.0  # weight of the sampler-in-the-loop loss on k-space samples (`medinvert.train.unrolled`)
+    unrolled_steps: int = 10      # sampling steps that loss unrolls (the engine's default for cs_tv models)
+    unrolled_method: str = "bdia"  # integrator it unrolls: "bdia" (twin of the default "exact") or "ddim"
     architecture: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARCHITECTURE))
 
     def validate(self) -> None:
@@ -114,6 +121,14 @@ class TrainConfig:
             raise MedinvertError("--guess cs_tv applies to 2d / 2.5d training (3d patches take the adjoint)")
         if self.extra_crops and self.dim == "3d":
             raise MedinvertError("--extra-crops applies to 2d / 2.5d training (3d patches have one size)")
+        if self.unrolled_weight < 0 or self.unrolled_steps < 1:
+            raise MedinvertError(f"--unrolled-weight must be >= 0 and --unrolled-steps >= 1 (got {self.unrolled_weight}, "
+                                 f"{self.unrolled_steps})")
+        if self.unrolled_method not in UNROLLED_METHODS:
+            raise MedinvertError(f"unknown --unrolled-method {self.unrolled_method!r}; valid: {', '.join(UNROLLED_METHODS)}")
+        if self.unrolled_weight > 0 and (self.guess != "cs_tv" or self.dim != "2d" or self.prediction != "edm_adjoint"):
+            raise MedinvertError("--unrolled-weight trains through the sampler of 2d edm_adjoint models with "
+                                 "--guess cs_tv; other set-ups are not supported")
         if self.modality not in (*TRAINABLE_MODALITIES, "all"):
             raise MedinvertError(f"unknown modality {self.modality!r}; valid: {', '.join(TRAINABLE_MODALITIES)}, all")
         if self.prediction not in TRAINABLE_PREDICTIONS:
@@ -326,10 +341,12 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
         if payload["config"].get("architecture") != model.config:
             raise MedinvertError("cannot resume: checkpoint architecture differs from this run's", out)
         recorded = payload["config"].get("training", {})
-        if ((recorded.get("crop", config.crop), tuple(recorded.get("extra_crops", ())), recorded.get("guess", "adjoint"))
-                != (config.crop, tuple(config.extra_crops), config.guess)):
-            raise MedinvertError("cannot resume: --crop / --extra-crops / --guess differ from the run being resumed "
-                                 "(the samples would not repeat an uninterrupted run)", out)
+        if ((recorded.get("crop", config.crop), tuple(recorded.get("extra_crops", ())), recorded.get("guess", "adjoint"),
+             recorded.get("unrolled_weight", 0.0), recorded.get("unrolled_steps", 10), recorded.get("unrolled_method", "ddim"))
+                != (config.crop, tuple(config.extra_crops), config.guess, config.unrolled_weight, config.unrolled_steps,
+                    config.unrolled_method)):
+            raise MedinvertError("cannot resume: --crop / --extra-crops / --guess / --unrolled-* differ from the run "
+                                 "being resumed (it would not repeat an uninterrupted run)", out)
         model.load_state_dict(payload["state_dict"])
         ema = {k: v.clone() for k, v in payload.get("ema_state", payload["state_dict"]).items()}
         if "optimizer_state" in payload:
@@ -349,7 +366,7 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
         dataset = SliceSamples(volumes, remaining * per_step, seed=config.seed, crop=config.crop,
                                first_index=start_step * per_step, neighbours=int(model.config["neighbours"]),
                                extra_crops=tuple(config.extra_crops), samples_per_step=per_step,
-                               guess=config.guess)
+                               guess=config.guess, measurements=config.unrolled_weight > 0)
     sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=False,
                                  drop_last=True)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=0)
@@ -377,6 +394,11 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
                                   cond_dropout=config.cond_dropout,
                                   lipschitz_penalty=config.lipschitz_penalty,
                                   lipschitz_target=config.lipschitz_target, device=context.device)
+            if config.unrolled_weight > 0:
+                unrolled = unrolled_loss(net, batch, schedule, steps=config.unrolled_steps,
+                                         method=config.unrolled_method, device=context.device)
+                if unrolled is not None:
+                    loss = loss + config.unrolled_weight * unrolled
             lr = _learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
