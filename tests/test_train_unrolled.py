@@ -149,3 +149,28 @@ def test_training_with_the_unrolled_loss_runs_and_resume_checks_it(tmp_path: Pat
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the loss took part
     with pytest.raises(MedinvertError, match="unrolled"):
         train(TrainConfig(out=str(out), steps=4, unrolled_weight=0.5, **settings), SINGLE, resume=True, progress=False)
+
+
+def test_resume_of_a_run_without_the_unrolled_loss_ignores_its_settings(tmp_path: Path, make_nifti) -> None:
+    """A checkpoint written before the unrolled settings existed (no such keys) resumes with the defaults."""
+    from test_train import SINGLE, _blob_volume
+
+    from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
+    from medinvert.train import train
+
+    root = tmp_path / "data"
+    root.mkdir()
+    make_nifti(root / "BraTS2021_00000_t1.nii.gz", _blob_volume((40, 36, 6), 0), np.eye(4))
+    settings = {"data": str(root), "modality": "t1", "batch_size": 2, "crop": 32, "architecture": dict(SMALL)}
+    out = tmp_path / "old.pt"
+    train(TrainConfig(out=str(out), steps=1, **settings), SINGLE, progress=False)
+    payload = read_checkpoint(out)
+    for key in ("unrolled_weight", "unrolled_steps", "unrolled_method"):
+        payload["config"]["training"].pop(key)
+    net = LipschitzUNet(**SMALL)
+    net.load_state_dict(payload["state_dict"])
+    out.unlink()
+    save_checkpoint(out, net, payload["config"], ema_state=payload["ema_state"],
+                    optimizer_state=payload["optimizer_state"], step=payload["step"])
+    train(TrainConfig(out=str(out), steps=2, **settings), SINGLE, resume=True, progress=False)
+    assert read_checkpoint(out)["step"] == 2

@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "reconstruction of the measurement (the model then refines CS-TV; medinvert.guess)")
     p.add_argument("--unrolled-weight", type=float, default=0.0,
                    help="with --guess cs_tv: add this weight times the sampler-in-the-loop loss of the k-space samples "
-                        "(the final image of --unrolled-steps data-consistent DDIM steps against the truth; "
+                        "(the final image of --unrolled-steps data-consistent sampler steps against the truth; "
                         "medinvert.train.unrolled)")
     p.add_argument("--unrolled-steps", type=int, default=10, help="sampling steps the unrolled loss runs through")
     p.add_argument("--unrolled-method", choices=("bdia", "ddim"), default="bdia",

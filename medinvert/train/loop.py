@@ -341,10 +341,13 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
         if payload["config"].get("architecture") != model.config:
             raise MedinvertError("cannot resume: checkpoint architecture differs from this run's", out)
         recorded = payload["config"].get("training", {})
+        # runs from before --unrolled-method unrolled DDIM; without the unrolled loss its settings do not matter
+        recorded_unrolled = ((recorded.get("unrolled_steps", 10), recorded.get("unrolled_method", "ddim"))
+                             if recorded.get("unrolled_weight", 0.0) else None)
+        unrolled = (config.unrolled_steps, config.unrolled_method) if config.unrolled_weight else None
         if ((recorded.get("crop", config.crop), tuple(recorded.get("extra_crops", ())), recorded.get("guess", "adjoint"),
-             recorded.get("unrolled_weight", 0.0), recorded.get("unrolled_steps", 10), recorded.get("unrolled_method", "ddim"))
-                != (config.crop, tuple(config.extra_crops), config.guess, config.unrolled_weight, config.unrolled_steps,
-                    config.unrolled_method)):
+             recorded.get("unrolled_weight", 0.0), recorded_unrolled)
+                != (config.crop, tuple(config.extra_crops), config.guess, config.unrolled_weight, unrolled)):
             raise MedinvertError("cannot resume: --crop / --extra-crops / --guess / --unrolled-* differ from the run "
                                  "being resumed (it would not repeat an uninterrupted run)", out)
         model.load_state_dict(payload["state_dict"])
