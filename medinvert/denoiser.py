@@ -101,7 +101,7 @@ class Denoiser:
             channels), ``t`` is ``(B,)`` diffusion time in ``[0, 1]``, ``cond`` is ``(B, K)`` or
             ``None`` (the network's own learned null condition); ``out`` is ``(B, C, ...)``.
             An ``nn.Module`` must be in eval mode (training-mode layers such as spectral-norm power
-            iterations or dropout would make evaluation non-deterministic).
+            iterations or dropout would make evaluation non-deterministic), unless ``grad`` is set.
         schedule: the VP schedule the network was trained with.
         prediction: what the network outputs, ``"eps"``, ``"x0"`` or ``"v"``.
         cond: the condition, ``(K,)`` (shared by the batch) or ``(B, K)``; ``None`` = unconditional.
@@ -120,7 +120,9 @@ class Denoiser:
             the batch shape and ``batch_size`` -- a condition for bitwise-reproducible eps.
             ``None`` = the whole batch in one call.
         dtype: dtype the network computes in (default: `network_dtype`).
-        grad: run the network with autograd enabled (default off: ``torch.no_grad``).
+        grad: run the network with autograd enabled (default off: ``torch.no_grad``).  With ``grad`` a
+            network in training mode is accepted: training through the sampler
+            (`medinvert.train.unrolled`) needs exactly that.
 
     Counters (the only mutable state):
         nfe: network evaluations of the whole batch (a guided call with two branches counts 2,
@@ -160,7 +162,7 @@ class Denoiser:
             raise MedinvertError(f"null_extra must be 'zeros', 'same' or a tensor, got {null_extra!r}")
         if isinstance(null_extra, torch.Tensor) and (extra is None or null_extra.shape != extra.shape):
             raise MedinvertError("a null_extra tensor needs extra channels of the same shape")
-        if isinstance(net, nn.Module) and net.training:
+        if isinstance(net, nn.Module) and net.training and not grad:
             raise MedinvertError("the network is in training mode; call net.eval() before wrapping it in a Denoiser")
         self.net = net
         self.schedule = schedule

@@ -16,7 +16,7 @@ For a k-space sample with guess ``m`` (the CS-TV image, `medinvert.guess`), norm
 engine's default for these models (trailing, `medinvert.engine.default_grid`):
 
     xbar_0 = m                                             (the engine's "guess" start)
-    x0_i   = m + c_skip(s_i) (xbar_i - m) + c_out(s_i) F(xbar_i / sqrt(1 + s_i^2), m, t_i, c)
+    x0_i   = m + c_skip(s_i) (xbar_i - m) + c_out(s_i) F(xbar_i / sqrt(1 + s_i^2), m, t_i, c)  (`medinvert.denoiser`)
     x0_i  <- P_y(x0_i)                                     (`medinvert.engine.final_projection`)
     eps_i  = (xbar_i - x0_i) / s_i                         (`medinvert.engine.DataConsistentDenoiser`)
 
@@ -36,13 +36,12 @@ over slices measures.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
-from medinvert.denoiser import SIGMA_DATA_GUESS, edm_coefficients
-from medinvert.engine import final_projection
+from medinvert.denoiser import Denoiser
+from medinvert.engine import DataConsistentDenoiser, final_projection
 from medinvert.errors import MedinvertError
 from medinvert.operators.kspace import KspaceOperator
 from medinvert.schedule import Schedule
@@ -55,27 +54,6 @@ UNROLLED_METHODS: tuple[str, ...] = ("bdia", "ddim")
 
 #: per-pixel floor ``d`` of the loss's squared errors (normalised units; a 60 dB error at unit scale)
 _FLOOR = 1e-6
-
-
-class _ConsistentEps:
-    """``eps(xbar, sigma)`` of an ``edm_adjoint`` network with the engine's hard data consistency, with
-    autograd on (the training-time twin of `medinvert.engine.DataConsistentDenoiser`)."""
-
-    def __init__(self, net: Callable[..., torch.Tensor], guess: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                 descriptor: torch.Tensor, schedule: Schedule) -> None:
-        self.net, self.guess, self.y, self.descriptor, self.schedule = net, guess, y, descriptor, schedule
-        self.operator = KspaceOperator(mask)
-        self.nfe = 0
-
-    def __call__(self, xbar: torch.Tensor, sigma: float) -> torch.Tensor:
-        s = float(sigma)
-        c_skip, c_out = edm_coefficients(s, SIGMA_DATA_GUESS)
-        t = self.schedule.t_of_sigma(s).to(torch.float32).expand(xbar.shape[0])
-        out = self.net(torch.cat([xbar / math.sqrt(1.0 + s * s), self.guess], dim=1), t, self.descriptor)
-        x0 = self.guess + c_skip * (xbar - self.guess) + c_out * out
-        x0 = final_projection(self.operator, x0, self.y)
-        self.nfe += 1
-        return (xbar - x0) / s
 
 
 def unrolled_reconstruction(net: Callable[..., torch.Tensor], guess: torch.Tensor, y: torch.Tensor,
@@ -99,9 +77,11 @@ def unrolled_reconstruction(net: Callable[..., torch.Tensor], guess: torch.Tenso
     """
     if method not in UNROLLED_METHODS:
         raise MedinvertError(f"unknown unrolled method {method!r}; valid: {', '.join(UNROLLED_METHODS)}")
-    eps = _ConsistentEps(net, guess, y, mask, descriptor, schedule)
+    operator = KspaceOperator(mask)
+    denoiser = Denoiser(net, schedule, prediction="edm_adjoint", cond=descriptor, extra=guess, grad=True)
+    eps = DataConsistentDenoiser(denoiser, operator, y, sigma_y=0.0)  # the engine's per-step projection
     out = get_solver(method).generate(eps, guess, schedule.sigmas(steps, "trailing"))
-    return final_projection(eps.operator, out, y)
+    return final_projection(operator, out, y)
 
 
 def unrolled_loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], schedule: Schedule, *,
