@@ -287,3 +287,33 @@ def test_a_malformed_header_value_names_its_file(dicom_series) -> None:
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(MedinvertError, match=f"{path.name}: malformed DICOM file"):
         load_volume(dicom_series.folder)
+
+
+def test_series_without_part10_header_or_suffix_loads_like_the_original(dicom_series, tmp_path: Path) -> None:
+    """Bare data sets (no preamble, no file meta, no .dcm: old ACR-NEMA-style exports), implicit and
+    explicit VR mixed, load like the Part 10 files; look-alike bytes that do not parse are skipped."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for i, path in enumerate(dicom_series.files):
+        ds = pydicom.dcmread(path)
+        ds.preamble = None
+        del ds.file_meta
+        pydicom.dcmwrite(bare / f"{(i * 7919) % 1000:08x}", ds, implicit_vr=i % 2 == 0, little_endian=True,
+                         enforce_file_format=False)
+    (bare / "README").write_text("exported slices")
+    (bare / "junk").write_bytes(b"\x08\x00\x10\x00" + bytes(range(200)))  # starts like a data set, is not one
+    expected, volume = load_volume(dicom_series.folder), load_volume(bare)
+    assert np.array_equal(volume.numpy(), expected.numpy())
+    assert np.array_equal(volume.affine.numpy(), expected.affine.numpy())
+    assert [len(s.files) for s in list_dicom_series(bare)] == [len(dicom_series.files)]
+
+
+def test_a_corrupt_value_representation_is_reported_while_scanning(dicom_series) -> None:
+    """pydicom converts values lazily; a broken VR must fail at the scan, naming the file, not later."""
+    target = dicom_series.files[3]
+    raw = bytearray(target.read_bytes())
+    at = raw.index(b"\x08\x00\x60\x00CS")  # (0008,0060) Modality, explicit VR little endian
+    raw[at + 5] = 0
+    target.write_bytes(bytes(raw))
+    with pytest.raises(MedinvertError, match=rf"{target.name}.*Unknown Value Representation"):
+        list_dicom_series(dicom_series.folder)

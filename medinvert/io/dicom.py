@@ -109,6 +109,66 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def looks_like_bare_dataset(path: Path) -> bool:
+    """True when the file starts like a DICOM data set written without the Part 10 preamble (old
+    ACR-NEMA-style files, some PACS exports): its first element is in group 0002 or 0008 (little endian)
+    with an explicit VR or a plausible implicit length (PS3.5 section 7.1).  Only a sniff: the caller
+    still parses the file and skips it unless it is an image."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    if len(head) < 8:
+        return False
+    group, element = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+    if group not in (0x0002, 0x0008) or element > 0x00FF:
+        return False
+    explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
+    return explicit_vr or int.from_bytes(head[4:8], "little") < 1024
+
+
+def _bare_image_dataset(path: Path) -> "Dataset | None":
+    """A preamble-less file's data set when it parses into an image with a series UID, else ``None``."""
+    import pydicom
+
+    try:
+        ds = _parse_header_values(pydicom.dcmread(str(path), force=True, defer_size=4096))
+    except Exception:
+        return None
+    if not ("Rows" in ds and _has_pixels(ds) and "SeriesInstanceUID" in ds):
+        return None
+    return _with_transfer_syntax(ds)
+
+
+def _parse_header_values(ds: "Dataset") -> "Dataset":
+    """Convert every header value now (pydicom converts lazily), so a corrupt value (an unknown VR, a
+    broken number) fails while the file is read, where it is reported with its name, not later in
+    whatever code first touches it.  Pixel data stay unread."""
+    for element in ds.iterall():
+        if element.keyword not in _PIXEL_TAGS:
+            _ = element.value
+    return ds
+
+
+def _with_transfer_syntax(ds: "Dataset") -> "Dataset":
+    """Give a data set read without file meta (no Part 10 header) the transfer syntax it was read with,
+    so its pixel data decode: implicit or explicit VR, little or big endian (the encoding pydicom
+    detected while parsing; PS3.5 sections 7.1 and A.1-A.3)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return ds
+    implicit_vr, little_endian = ds.original_encoding
+    syntax = (ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian) if little_endian \
+        else ExplicitVRBigEndian
+    ds.file_meta = meta if meta is not None else FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
 def _read_dataset(path: Path) -> "Dataset":
     """Read a DICOM file's elements, deferring large values (pixel data are read on demand)."""
     import pydicom
@@ -118,16 +178,16 @@ def _read_dataset(path: Path) -> "Dataset":
             raise MedinvertError("file is empty (0 bytes)", path=path)
         # Old files without the Part 10 preamble: accept only if they parse into an image.
         try:
-            ds = pydicom.dcmread(str(path), force=True, defer_size=4096)
+            ds = _parse_header_values(pydicom.dcmread(str(path), force=True, defer_size=4096))
             ok = "Rows" in ds and any(tag in ds for tag in _PIXEL_TAGS)
         except Exception:
             ok = False
         if not ok:
             raise MedinvertError("is not a DICOM image file (no 'DICM' marker at byte 128) nor a NIfTI file "
                                  "(.nii / .nii.gz)", path=path)
-        return ds
+        return _with_transfer_syntax(ds)
     try:
-        return pydicom.dcmread(str(path), defer_size=4096)
+        return _parse_header_values(pydicom.dcmread(str(path), defer_size=4096))
     except Exception as exc:
         raise MedinvertError(f"not a readable DICOM file ({exception_reason(exc, path)})", path=path) from None
 
@@ -166,7 +226,8 @@ def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Datas
     """Group DICOM image files by SeriesInstanceUID -> [(path, dataset)], in sorted path order.
 
     Files with the ``DICM`` marker or a DICOM suffix (``.dcm``, ``.dicom``, ``.ima``) are read; a
-    suffixed file that is not DICOM is an error; other non-DICOM files and DICOM objects that are
+    suffixed file that is not DICOM is an error; a file with neither that starts like a bare DICOM data
+    set (`looks_like_bare_dataset`) and parses into an image is read too; other non-DICOM files and DICOM objects that are
     not images (no ``Rows``: reports, presentation states) are skipped.  An image header without
     pixel data is an error.  NIfTI files are ignored.
     """
@@ -176,7 +237,10 @@ def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Datas
         if is_nifti_name(path):
             continue
         if not (is_dicom_file(path) or path.name.lower().endswith(DICOM_SUFFIXES)):
-            if not path.suffix and path.stat().st_size < _PART10_HEADER:
+            bare = _bare_image_dataset(path) if looks_like_bare_dataset(path) else None
+            if bare is not None:  # a DICOM image without the Part 10 preamble and without a DICOM suffix
+                groups.setdefault(str(bare.SeriesInstanceUID).strip(), []).append((path, bare))
+            elif not path.suffix and path.stat().st_size < _PART10_HEADER:
                 stubs.append(path)
             continue
         with _malformed_as_user_error(path):
