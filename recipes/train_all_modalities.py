@@ -29,12 +29,15 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
    (docs/models.md, session 7): first ``--unrolled-steps`` through DDIM, then ``--bdia-steps`` through BDIA,
    the integrator that the default ``exact`` method runs on its fixed-point grid (a DDIM-trained network
    loses 0.5-4 dB under ``exact``); one process per modality (per-process batch 6);
-8. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
+8. ``--multistep-steps`` more through BDIA with the unrolled step count drawn from 5, 10 and 20 at every
+   optimisation step (``--unrolled-steps 5 10 20``): trained through 10 steps only, the models lost
+   1.5-3 dB at 20 (docs/models.md, session 8);
+9. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
         [--long-steps 10000] [--context-steps 1500] [--dim 2d] [--nproc 2] [--finetune-steps 300]
         [--small-steps 800] [--small-more-steps 1600] [--tv-steps 3000] [--unrolled-steps 3000]
-        [--bdia-steps 800] [--install]
+        [--bdia-steps 800] [--multistep-steps 1500] [--install]
         # --install copies into the package
 """
 
@@ -92,6 +95,8 @@ def main() -> None:
                         help="steps with the sampler-in-the-loop loss (--unrolled-weight 1), one process (0 skips them)")
     parser.add_argument("--bdia-steps", type=int, default=800,
                         help="then steps with the loss unrolled through BDIA (--unrolled-method bdia; 0 skips them)")
+    parser.add_argument("--multistep-steps", type=int, default=1500,
+                        help="then steps with the loss unrolled through BDIA at 5, 10 or 20 sampling steps (0 skips them)")
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -142,18 +147,20 @@ def main() -> None:
                               "--crop", "96", "--extra-crops", "48", "--batch-size", "6",
                               "--checkpoint-every", "500"], args.nproc)
             tuned = refined
-            if args.unrolled_steps > 0 and args.dim == "2d":  # stage 7: DDIM, then BDIA
-                for method, steps, lr, seed, every in (("ddim", args.unrolled_steps, "1e-4", 51, "500"),
-                                                       ("bdia", args.bdia_steps, "5e-5", 61, "200")):
+            if args.unrolled_steps > 0 and args.dim == "2d":  # stages 7 and 8: DDIM, BDIA, BDIA at 5/10/20 steps
+                for name, method, counts, steps, lr, seed, every in (
+                        ("unrolled", "ddim", ("10",), args.unrolled_steps, "1e-4", 51, "500"),
+                        ("bdia", "bdia", ("10",), args.bdia_steps, "5e-5", 61, "200"),
+                        ("multistep", "bdia", ("5", "10", "20"), args.multistep_steps, "5e-5", 71, "250")):
                     if steps <= 0:
                         continue
-                    unrolled = work / f"{modality}_{args.dim}_{'unrolled' if method == 'ddim' else method}.pt"
+                    unrolled = work / f"{modality}_{args.dim}_{name}.pt"
                     if not unrolled.exists():
                         run(["train", args.data, "--modality", modality, "--init", str(tuned), "--guess", "cs_tv",
-                             "--unrolled-weight", "1", "--unrolled-method", method, "--steps", str(steps),
-                             "--lr", lr, "--warmup", "20", "--seed", str(seed + MODALITIES.index(modality)),
-                             "--out", str(unrolled), *shape, *COMMON, "--crop", "96", "--extra-crops", "48",
-                             "--batch-size", "6", "--checkpoint-every", every])
+                             "--unrolled-weight", "1", "--unrolled-method", method, "--unrolled-steps", *counts,
+                             "--steps", str(steps), "--lr", lr, "--warmup", "20",
+                             "--seed", str(seed + MODALITIES.index(modality)), "--out", str(unrolled), *shape, *COMMON,
+                             "--crop", "96", "--extra-crops", "48", "--batch-size", "6", "--checkpoint-every", every])
                     tuned = unrolled
         exported = export_for_inference(tuned, work / f"{modality}_{args.dim}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)

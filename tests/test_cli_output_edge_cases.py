@@ -198,10 +198,16 @@ def test_negative_intensities_get_a_note(capsys, tmp_path, model):
 
 
 def test_steps_other_than_the_trained_ones_get_a_note(capsys, tmp_path):
-    """The shipped models were trained through 10 sampling steps; another --steps value is said."""
+    """The shipped models record the step counts they were trained through; another --steps value is said."""
+    from medinvert.models import load_model
+    from medinvert.train.unrolled import step_counts
+
+    training = load_model("t1").net.checkpoint_config["training"]
+    trained = step_counts(training["unrolled_steps"])
+    untrained = next(n for n in range(1, 100) if n not in trained)
     source = _scan(tmp_path / "scan_t1.nii.gz")
-    for steps, noted in (("10", False), ("3", True)):
-        code, _, stderr = _run(capsys, "reconstruct", source, "--corruption", "kspace:4", "--out", tmp_path / steps,
-                               "--steps", steps, "--checks", "none")
+    for steps, noted in ((trained[0], False), (untrained, True)):
+        code, _, stderr = _run(capsys, "reconstruct", source, "--corruption", "kspace:4", "--out", tmp_path / str(steps),
+                               "--steps", str(steps), "--checks", "none")
         assert code == 0, stderr
-        assert ("trained through 10 sampling steps" in stderr) == noted, stderr
+        assert (f"was trained through {', '.join(map(str, trained))} sampling steps" in stderr) == noted, stderr

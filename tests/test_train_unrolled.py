@@ -15,6 +15,7 @@ from medinvert.engine import run_reconstruction
 from medinvert.errors import MedinvertError
 from medinvert.guess import kspace_tv_guess
 from medinvert.intensity import robust_scale
+from medinvert.models.checkpoint import read_checkpoint
 from medinvert.models.unet import LipschitzUNet
 from medinvert.operators.fft import fft2c, ifft2c
 from medinvert.operators.layout import volume_to_slices
@@ -131,6 +132,21 @@ def test_config_refuses_unrolling_what_it_cannot() -> None:
     TrainConfig(data="d", modality="t1", out="o.pt", unrolled_weight=1.0, guess="cs_tv").validate()
 
 
+def test_step_counts_are_drawn_reproducibly_and_cover_every_count() -> None:
+    from medinvert.train.unrolled import step_counts, unrolled_step_count
+
+    assert step_counts(10) == (10,) and step_counts([20, 5, 10, 5]) == (5, 10, 20)
+    assert TrainConfig(data="d", modality="t1", out="o.pt", unrolled_steps=7).unrolled_steps == (7,)
+    counts = (5, 10, 20)
+    draws = [unrolled_step_count(counts, 3, step) for step in range(600)]
+    assert draws == [unrolled_step_count(counts, 3, step) for step in range(600)]  # a function of (seed, step)
+    assert draws != [unrolled_step_count(counts, 4, step) for step in range(600)]
+    for count in counts:
+        assert 150 <= draws.count(count) <= 250  # uniform: 200 expected, sd 11.5
+    # not locked to the crop cycle (96, 48 alternate with the step's parity): every pairing occurs
+    assert {(step % 2, n) for step, n in enumerate(draws)} == {(p, n) for p in (0, 1) for n in counts}
+
+
 def test_training_with_the_unrolled_loss_runs_and_resume_checks_it(tmp_path: Path, make_nifti) -> None:
     from test_train import SINGLE, _blob_volume
 
@@ -141,7 +157,7 @@ def test_training_with_the_unrolled_loss_runs_and_resume_checks_it(tmp_path: Pat
     for i in range(2):
         make_nifti(root / f"BraTS2021_0000{i}_t1.nii.gz", _blob_volume((40, 36, 6), i), np.eye(4))
     settings = {"data": str(root), "modality": "t1", "batch_size": 4, "crop": 32, "lr": 1e-3, "warmup": 1,
-                "architecture": dict(SMALL), "guess": "cs_tv", "unrolled_steps": 3}
+                "architecture": dict(SMALL), "guess": "cs_tv", "unrolled_steps": (2, 3)}
     out = tmp_path / "u.pt"
     train(TrainConfig(out=str(out), steps=2, unrolled_weight=1.0, **settings), SINGLE, progress=False)
     plain = train(TrainConfig(out=str(tmp_path / "p.pt"), steps=2, **settings), SINGLE, progress=False)
@@ -149,13 +165,18 @@ def test_training_with_the_unrolled_loss_runs_and_resume_checks_it(tmp_path: Pat
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the loss took part
     with pytest.raises(MedinvertError, match="unrolled"):
         train(TrainConfig(out=str(out), steps=4, unrolled_weight=0.5, **settings), SINGLE, resume=True, progress=False)
+    with pytest.raises(MedinvertError, match="unrolled"):
+        train(TrainConfig(out=str(out), steps=4, unrolled_weight=1.0, **{**settings, "unrolled_steps": 3}), SINGLE,
+              resume=True, progress=False)
+    train(TrainConfig(out=str(out), steps=3, unrolled_weight=1.0, **settings), SINGLE, resume=True, progress=False)
+    assert read_checkpoint(out)["config"]["training"]["unrolled_steps"] == [2, 3]  # stored as JSON
 
 
 def test_resume_of_a_run_without_the_unrolled_loss_ignores_its_settings(tmp_path: Path, make_nifti) -> None:
     """A checkpoint written before the unrolled settings existed (no such keys) resumes with the defaults."""
     from test_train import SINGLE, _blob_volume
 
-    from medinvert.models.checkpoint import read_checkpoint, save_checkpoint
+    from medinvert.models.checkpoint import save_checkpoint
     from medinvert.train import train
 
     root = tmp_path / "data"

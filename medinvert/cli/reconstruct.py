@@ -405,15 +405,20 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
 
 
 def _trained_steps_note(network: Any, steps: int | None) -> list[str]:
-    """A note when ``--steps`` differs from the step count a model was trained through
-    (`medinvert.train.unrolled`): the shipped models, trained through 10 BDIA steps, lose 1.5-3 dB at
-    20 steps with ``exact`` (docs/benchmarks.md, session 7)."""
+    """A note when ``--steps`` is none of the step counts a model was trained through
+    (`medinvert.train.unrolled`): session 7's models, trained through 10 BDIA steps only, lost 1.5-3 dB
+    at 20 steps with ``exact`` (docs/benchmarks.md, session 7)."""
+    from medinvert.train.unrolled import step_counts
+
     config = getattr(network.net, "checkpoint_config", None) or {}
     training = config.get("training") or {}
-    trained = training.get("unrolled_steps") if training.get("unrolled_weight") else None
-    if steps is None or trained is None or int(trained) == int(steps):
+    if steps is None or not training.get("unrolled_weight"):
         return []
-    return [f"the model was trained through {trained} sampling steps; --steps {steps} is likely to reconstruct worse"]
+    trained = step_counts(training.get("unrolled_steps", 10))
+    if int(steps) in trained:
+        return []
+    counts = ", ".join(map(str, trained))
+    return [f"the model was trained through {counts} sampling steps; --steps {steps} is likely to reconstruct worse"]
 
 
 def _negative_intensity_note(volume: Any) -> list[str]:

@@ -38,7 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="with --guess cs_tv: add this weight times the sampler-in-the-loop loss of the k-space samples "
                         "(the final image of --unrolled-steps data-consistent sampler steps against the truth; "
                         "medinvert.train.unrolled)")
-    p.add_argument("--unrolled-steps", type=int, default=10, help="sampling steps the unrolled loss runs through")
+    p.add_argument("--unrolled-steps", type=int, nargs="+", default=(10,), metavar="N",
+                   help="sampling steps the unrolled loss runs through; several (e.g. 5 10 20): one drawn at random "
+                        "per optimisation step, so the model works at each of them")
     p.add_argument("--unrolled-method", choices=("bdia", "ddim"), default="bdia",
                    help="integrator the unrolled loss runs: bdia (the float twin of the default exact method) or ddim")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, crop=args.crop, extra_crops=tuple(args.extra_crops), lr=args.lr,
                          lipschitz_penalty=args.lipschitz_penalty, checkpoint_every=args.checkpoint_every,
                          seed=args.seed, threads=args.threads, init=args.init, warmup=args.warmup, depth=args.depth,
-                         guess=args.guess, unrolled_weight=args.unrolled_weight, unrolled_steps=args.unrolled_steps,
+                         guess=args.guess, unrolled_weight=args.unrolled_weight, unrolled_steps=tuple(args.unrolled_steps),
                          unrolled_method=args.unrolled_method,
                          **extra)
     config.validate()

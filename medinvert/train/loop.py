@@ -59,7 +59,7 @@ from medinvert.operators import DESCRIPTOR_LENGTH
 from medinvert.schedule import Schedule, make_schedule
 from medinvert.train.data import TRAINABLE_MODALITIES, PatchSamples, SliceSamples, load_training_volumes
 from medinvert.train.distributed import DistContext
-from medinvert.train.unrolled import UNROLLED_METHODS, unrolled_loss
+from medinvert.train.unrolled import UNROLLED_METHODS, step_counts, unrolled_loss, unrolled_step_count
 
 __all__ = ["TrainConfig", "train", "TRAINABLE_PREDICTIONS"]
 
@@ -105,9 +105,12 @@ class TrainConfig:
     init: str | None = None
     guess: str = "adjoint"  # conditioning image of k-space samples: "adjoint" or "cs_tv" (`medinvert.guess`)
     unrolled_weight: float = 0.0  # weight of the sampler-in-the-loop loss on k-space samples (`medinvert.train.unrolled`)
-    unrolled_steps: int = 10      # sampling steps that loss unrolls (the engine's default for cs_tv models)
+    unrolled_steps: tuple[int, ...] = (10,)  # sampling step counts that loss unrolls, one drawn per step (`unrolled_step_count`)
     unrolled_method: str = "bdia"  # integrator it unrolls: "bdia" (twin of the default "exact") or "ddim"
     architecture: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARCHITECTURE))
+
+    def __post_init__(self) -> None:
+        self.unrolled_steps = step_counts(self.unrolled_steps)  # an int is accepted (configs before session 8)
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -121,9 +124,9 @@ class TrainConfig:
             raise MedinvertError("--guess cs_tv applies to 2d / 2.5d training (3d patches take the adjoint)")
         if self.extra_crops and self.dim == "3d":
             raise MedinvertError("--extra-crops applies to 2d / 2.5d training (3d patches have one size)")
-        if self.unrolled_weight < 0 or self.unrolled_steps < 1:
+        if self.unrolled_weight < 0 or not self.unrolled_steps or min(self.unrolled_steps) < 1:
             raise MedinvertError(f"--unrolled-weight must be >= 0 and --unrolled-steps >= 1 (got {self.unrolled_weight}, "
-                                 f"{self.unrolled_steps})")
+                                 f"{' '.join(map(str, self.unrolled_steps))})")
         if self.unrolled_method not in UNROLLED_METHODS:
             raise MedinvertError(f"unknown --unrolled-method {self.unrolled_method!r}; valid: {', '.join(UNROLLED_METHODS)}")
         if self.unrolled_weight > 0 and (self.guess != "cs_tv" or self.dim != "2d" or self.prediction != "edm_adjoint"):
@@ -342,7 +345,7 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
             raise MedinvertError("cannot resume: checkpoint architecture differs from this run's", out)
         recorded = payload["config"].get("training", {})
         # runs from before --unrolled-method unrolled DDIM; without the unrolled loss its settings do not matter
-        recorded_unrolled = ((recorded.get("unrolled_steps", 10), recorded.get("unrolled_method", "ddim"))
+        recorded_unrolled = ((step_counts(recorded.get("unrolled_steps", 10)), recorded.get("unrolled_method", "ddim"))
                              if recorded.get("unrolled_weight", 0.0) else None)
         unrolled = (config.unrolled_steps, config.unrolled_method) if config.unrolled_weight else None
         if ((recorded.get("crop", config.crop), tuple(recorded.get("extra_crops", ())), recorded.get("guess", "adjoint"),
@@ -398,7 +401,8 @@ def train(config: TrainConfig, context: DistContext, *, resume: bool = False, pr
                                   lipschitz_penalty=config.lipschitz_penalty,
                                   lipschitz_target=config.lipschitz_target, device=context.device)
             if config.unrolled_weight > 0:
-                unrolled = unrolled_loss(net, batch, schedule, steps=config.unrolled_steps,
+                unrolled_steps = unrolled_step_count(config.unrolled_steps, config.seed, step)
+                unrolled = unrolled_loss(net, batch, schedule, steps=unrolled_steps,
                                          method=config.unrolled_method, device=context.device)
                 if unrolled is not None:
                     loss = loss + config.unrolled_weight * unrolled

@@ -36,7 +36,8 @@ over slices measures.
 
 from __future__ import annotations
 
-from typing import Callable
+import random
+from typing import Callable, Sequence
 
 import torch
 
@@ -47,13 +48,31 @@ from medinvert.operators.kspace import KspaceOperator
 from medinvert.schedule import Schedule
 from medinvert.solvers import get_solver
 
-__all__ = ["UNROLLED_METHODS", "unrolled_reconstruction", "unrolled_loss"]
+__all__ = ["UNROLLED_METHODS", "step_counts", "unrolled_step_count", "unrolled_reconstruction", "unrolled_loss"]
 
 #: integrators the loss can unroll (`unrolled_reconstruction`)
 UNROLLED_METHODS: tuple[str, ...] = ("bdia", "ddim")
 
 #: per-pixel floor ``d`` of the loss's squared errors (normalised units; a 60 dB error at unit scale)
 _FLOOR = 1e-6
+
+
+def step_counts(value: int | Sequence[int]) -> tuple[int, ...]:
+    """``unrolled_steps`` as recorded in a config (an int before session 8, a list since) -> sorted tuple."""
+    counts = (value,) if isinstance(value, int) else tuple(value)
+    return tuple(sorted({int(c) for c in counts}))
+
+
+def unrolled_step_count(counts: Sequence[int], seed: int, step: int) -> int:
+    """The step count the loss unrolls at optimisation step ``step``: drawn uniformly from ``counts``.
+
+    Drawn from a generator seeded by ``(seed, step)`` alone, so a resumed run repeats an uninterrupted one
+    and every DDP rank unrolls the same count (equal work per rank).  Drawn rather than cycled: cycling
+    would lock each count to one crop size of the crop cycle (`medinvert.train.data.SliceSamples`).
+    Training through several counts keeps the model good at each of them instead of at one only (session
+    7's models, trained through 10 steps, lost 1.5-3 dB at 20; docs/models.md).
+    """
+    return int(random.Random(seed * 1_000_003 + step).choice(list(counts)))
 
 
 def unrolled_reconstruction(net: Callable[..., torch.Tensor], guess: torch.Tensor, y: torch.Tensor,
