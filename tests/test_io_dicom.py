@@ -289,23 +289,63 @@ def test_a_malformed_header_value_names_its_file(dicom_series) -> None:
         load_volume(dicom_series.folder)
 
 
+def _strip_part10(source: Path, target: Path, *, implicit_vr: bool) -> None:
+    """Rewrite ``source`` as a bare data set: no preamble, no file meta (little endian)."""
+    ds = pydicom.dcmread(source)
+    ds.preamble = None
+    del ds.file_meta
+    pydicom.dcmwrite(target, ds, implicit_vr=implicit_vr, little_endian=True, enforce_file_format=False)
+
+
 def test_series_without_part10_header_or_suffix_loads_like_the_original(dicom_series, tmp_path: Path) -> None:
     """Bare data sets (no preamble, no file meta, no .dcm: old ACR-NEMA-style exports), implicit and
     explicit VR mixed, load like the Part 10 files; look-alike bytes that do not parse are skipped."""
     bare = tmp_path / "bare"
     bare.mkdir()
     for i, path in enumerate(dicom_series.files):
-        ds = pydicom.dcmread(path)
-        ds.preamble = None
-        del ds.file_meta
-        pydicom.dcmwrite(bare / f"{(i * 7919) % 1000:08x}", ds, implicit_vr=i % 2 == 0, little_endian=True,
-                         enforce_file_format=False)
+        _strip_part10(path, bare / f"{(i * 7919) % 1000:08x}", implicit_vr=i % 2 == 0)
     (bare / "README").write_text("exported slices")
     (bare / "junk").write_bytes(b"\x08\x00\x10\x00" + bytes(range(200)))  # starts like a data set, is not one
     expected, volume = load_volume(dicom_series.folder), load_volume(bare)
     assert np.array_equal(volume.numpy(), expected.numpy())
     assert np.array_equal(volume.affine.numpy(), expected.affine.numpy())
     assert [len(s.files) for s in list_dicom_series(bare)] == [len(dicom_series.files)]
+
+
+def test_bare_big_endian_series_loads_like_the_original(dicom_series, tmp_path: Path) -> None:
+    """Explicit VR big endian (retired, PS3.5 A.3), as some old scanners wrote it without a preamble."""
+    bare = tmp_path / "bare_be"
+    bare.mkdir()
+    for i, path in enumerate(dicom_series.files):
+        ds = pydicom.dcmread(path)
+        ds.preamble = None
+        del ds.file_meta
+        ds.PixelData = np.frombuffer(ds.PixelData, dtype="<i2").astype(">i2").tobytes()
+        pydicom.dcmwrite(bare / f"s{i}", ds, implicit_vr=False, little_endian=False, enforce_file_format=False)
+    assert np.array_equal(load_volume(bare).numpy(), load_volume(dicom_series.folder).numpy())
+
+
+def test_a_corrupt_bare_slice_is_named_not_dropped(dicom_series, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for i, path in enumerate(dicom_series.files):
+        _strip_part10(path, bare / f"slice{i}", implicit_vr=False)
+    raw = bytearray((bare / "slice2").read_bytes())
+    raw[raw.index(b"\x08\x00\x60\x00CS") + 5] = 0  # (0008,0060) Modality: an unknown VR
+    (bare / "slice2").write_bytes(bytes(raw))
+    with pytest.raises(MedinvertError, match="slice2.*Unknown Value Representation"):
+        load_volume(bare)
+
+
+def test_scanning_a_series_leaves_its_pixel_data_unread(make_dicom_series, tmp_path: Path) -> None:
+    """Header values are checked at scan time, but pixel data (deferred by the reader) stay on disk."""
+    from medinvert.io.dicom import iter_image_files, scan_dicom_files
+
+    spec = make_dicom_series(tmp_path / "large", n_slices=3, rows=64, cols=48)  # 6 KiB of pixels per file
+    [(_, members)] = scan_dicom_files(iter_image_files(spec.folder)).items()
+    for _, ds in members:
+        assert ds.get_item(0x7FE00010, keep_deferred=True).value is None
+    assert load_volume(spec.folder).shape == (48, 64, 3)
 
 
 def test_a_corrupt_value_representation_is_reported_while_scanning(dicom_series) -> None:

@@ -414,7 +414,7 @@ def _trained_steps_note(network: Any, steps: int | None) -> list[str]:
     training = config.get("training") or {}
     if steps is None or not training.get("unrolled_weight"):
         return []
-    trained = step_counts(training.get("unrolled_steps", 10))
+    trained = step_counts(training.get("unrolled_steps") or 10)
     if int(steps) in trained:
         return []
     counts = ", ".join(map(str, trained))

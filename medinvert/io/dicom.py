@@ -111,9 +111,9 @@ def is_dicom_file(path: Path) -> bool:
 
 def looks_like_bare_dataset(path: Path) -> bool:
     """True when the file starts like a DICOM data set written without the Part 10 preamble (old
-    ACR-NEMA-style files, some PACS exports): its first element is in group 0002 or 0008 (little endian)
-    with an explicit VR or a plausible implicit length (PS3.5 section 7.1).  Only a sniff: the caller
-    still parses the file and skips it unless it is an image."""
+    ACR-NEMA-style files, some PACS exports): its first element is in group 0002 or 0008, little or big
+    endian, with an explicit VR or a plausible implicit length (PS3.5 section 7.1).  Only a sniff: the
+    caller still parses the file and skips it unless it is an image."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)
@@ -121,33 +121,43 @@ def looks_like_bare_dataset(path: Path) -> bool:
         return False
     if len(head) < 8:
         return False
-    group, element = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
-    if group not in (0x0002, 0x0008) or element > 0x00FF:
-        return False
-    explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
-    return explicit_vr or int.from_bytes(head[4:8], "little") < 1024
+    for order in ("little", "big"):
+        group, element = int.from_bytes(head[0:2], order), int.from_bytes(head[2:4], order)
+        if group in (0x0002, 0x0008) and element <= 0x00FF:
+            explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
+            return explicit_vr or (order == "little" and int.from_bytes(head[4:8], "little") < 1024)
+    return False
 
 
 def _bare_image_dataset(path: Path) -> "Dataset | None":
-    """A preamble-less file's data set when it parses into an image with a series UID, else ``None``."""
+    """A preamble-less file's data set when it holds an image (``Rows`` and pixel data), else ``None``
+    (bytes that only start like a data set).  An image whose header values are corrupt is an error
+    naming the file: dropping it would silently shorten its series."""
     import pydicom
 
     try:
-        ds = _parse_header_values(pydicom.dcmread(str(path), force=True, defer_size=4096))
+        ds = pydicom.dcmread(str(path), force=True, defer_size=4096)  # values stay unconverted here
     except Exception:
         return None
-    if not ("Rows" in ds and _has_pixels(ds) and "SeriesInstanceUID" in ds):
+    if not ("Rows" in ds and _has_pixels(ds)):
         return None
-    return _with_transfer_syntax(ds)
+    with _malformed_as_user_error(path):
+        return _with_transfer_syntax(_parse_header_values(ds))
 
 
 def _parse_header_values(ds: "Dataset") -> "Dataset":
     """Convert every header value now (pydicom converts lazily), so a corrupt value (an unknown VR, a
     broken number) fails while the file is read, where it is reported with its name, not later in
-    whatever code first touches it.  Pixel data stay unread."""
-    for element in ds.iterall():
-        if element.keyword not in _PIXEL_TAGS:
-            _ = element.value
+    whatever code first touches it.  Values whose reading was deferred (longer than the reader's
+    ``defer_size``: pixel data, large private blobs) and group 7FE0 stay unread, so a scan of a large
+    export does not load its pixels."""
+    for tag in list(ds.keys()):
+        if tag.group == 0x7FE0 or ds.get_item(tag, keep_deferred=True).value is None:
+            continue
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _parse_header_values(item)
     return ds
 
 
@@ -170,22 +180,18 @@ def _with_transfer_syntax(ds: "Dataset") -> "Dataset":
 
 
 def _read_dataset(path: Path) -> "Dataset":
-    """Read a DICOM file's elements, deferring large values (pixel data are read on demand)."""
+    """Read a DICOM file's header (every value converted, `_parse_header_values`; pixel data are read on
+    demand).  Raises `MedinvertError` naming the file when it is not a readable DICOM image."""
     import pydicom
 
     if not is_dicom_file(path):
         if path.stat().st_size == 0:
             raise MedinvertError("file is empty (0 bytes)", path=path)
-        # Old files without the Part 10 preamble: accept only if they parse into an image.
-        try:
-            ds = _parse_header_values(pydicom.dcmread(str(path), force=True, defer_size=4096))
-            ok = "Rows" in ds and any(tag in ds for tag in _PIXEL_TAGS)
-        except Exception:
-            ok = False
-        if not ok:
+        bare = _bare_image_dataset(path)  # old files without the Part 10 preamble: accepted if images
+        if bare is None:
             raise MedinvertError("is not a DICOM image file (no 'DICM' marker at byte 128) nor a NIfTI file "
                                  "(.nii / .nii.gz)", path=path)
-        return _with_transfer_syntax(ds)
+        return bare
     try:
         return _parse_header_values(pydicom.dcmread(str(path), defer_size=4096))
     except Exception as exc:
@@ -237,20 +243,21 @@ def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Datas
         if is_nifti_name(path):
             continue
         if not (is_dicom_file(path) or path.name.lower().endswith(DICOM_SUFFIXES)):
-            bare = _bare_image_dataset(path) if looks_like_bare_dataset(path) else None
-            if bare is not None:  # a DICOM image without the Part 10 preamble and without a DICOM suffix
-                groups.setdefault(str(bare.SeriesInstanceUID).strip(), []).append((path, bare))
-            elif not path.suffix and path.stat().st_size < _PART10_HEADER:
-                stubs.append(path)
-            continue
-        with _malformed_as_user_error(path):
-            ds = _read_dataset(path)
-            if "Rows" not in ds and not _has_pixels(ds):
-                _refuse_truncated(ds, path)
-                continue  # a non-image object: report, presentation state, ...
-            if not _has_pixels(ds):
-                raise MedinvertError(_NO_PIXELS, path=path)
-            uid = str(ds.get("SeriesInstanceUID", "")).strip()
+            ds = _bare_image_dataset(path) if looks_like_bare_dataset(path) else None
+            if ds is None:  # not DICOM (or no image): skipped
+                if not path.suffix and path.stat().st_size < _PART10_HEADER:
+                    stubs.append(path)
+                continue
+            uid = str(ds.get("SeriesInstanceUID", "")).strip()  # an image without the preamble and suffix
+        else:
+            with _malformed_as_user_error(path):
+                ds = _read_dataset(path)
+                if "Rows" not in ds and not _has_pixels(ds):
+                    _refuse_truncated(ds, path)
+                    continue  # a non-image object: report, presentation state, ...
+                if not _has_pixels(ds):
+                    raise MedinvertError(_NO_PIXELS, path=path)
+                uid = str(ds.get("SeriesInstanceUID", "")).strip()
         if not uid:
             raise MedinvertError("DICOM file has no SeriesInstanceUID", path=path)
         groups.setdefault(uid, []).append((path, ds))
