@@ -202,7 +202,7 @@ def test_steps_other_than_the_trained_ones_get_a_note(capsys, tmp_path):
     from medinvert.models import load_model
     from medinvert.train.unrolled import step_counts
 
-    training = load_model("t1").net.checkpoint_config["training"]
+    training = load_model("t1")[1]["training"]
     trained = step_counts(training["unrolled_steps"])
     untrained = next(n for n in range(1, 100) if n not in trained)
     source = _scan(tmp_path / "scan_t1.nii.gz")
