@@ -14,7 +14,8 @@ Markdown tables, printed to stdout (not a timed test; numbers go to ``docs/bench
    per slice.  ``--tune`` first reruns and prints the CS-TV grid search (`cs_tv.tune_lambda`).
 2. **Error bounds under varying corruption**: k-space at acceleration 2, 4, 6, 8, 12 (default centre
    fractions 0.32 / acceleration) and Gaussian noise with sigma 0.01 .. 0.1 of the normalised
-   intensity (``sigma = rel * robust_scale(clean volume)``), ``exact`` at 20 steps: step condition
+   intensity (``sigma = rel * robust_scale(clean volume)``), ``exact`` at the engine's default steps for
+   each corruption and model (`medinvert.engine.default_steps`; ``--bound-steps`` overrides): step condition
    ``h L`` and Grönwall bound (`medinvert.reconstruct._bounds` on `medinvert.reconstruct._lipschitz`,
    exactly what the per-volume report states), the measured sensitivity ``||x(y + d) - x(y)|| / ||d||``
    for a seeded relative-1e-3 perturbation of ``y`` (the report's recipe), the data-consistency
@@ -59,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cs_tv  # noqa: E402  (benchmark-local module)
 
 from medinvert.determinism import deterministic  # noqa: E402
-from medinvert.engine import run_reconstruction, sampling_grid, slice_problem  # noqa: E402
+from medinvert.engine import default_steps, run_reconstruction, sampling_grid, slice_problem  # noqa: E402
 from medinvert.errors import MedinvertError  # noqa: E402
 from medinvert.guess import conditioning_volume  # noqa: E402
 from medinvert.intensity import robust_scale  # noqa: E402
@@ -240,9 +241,10 @@ def comparison(resolved: ResolvedNetwork, slices: list[int], steps_list: Sequenc
     return rows
 
 
-def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: int,
+def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int | None, threads: int,
            batch_size: int) -> list[dict[str, Any]]:
-    """Table 2 rows: bound, step condition, measured sensitivity, DC residual and PSNR per corruption."""
+    """Table 2 rows: bound, step condition, measured sensitivity, DC residual and PSNR per corruption
+    (``steps=None``: the engine's default for each corruption, what a reconstruction runs)."""
     volume = load_volume(HELDOUT_FILE)
     data_range = float(volume.max())
     reference = torch.as_tensor(np.asarray(volume))[:, :, slices].to(torch.float32)
@@ -250,11 +252,12 @@ def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: in
     cases: list[tuple[str, dict[str, Any]]] = [
         (f"k-space {a}x (cf {0.32 / a:.3f})", {"kind": "kspace", "acceleration": a}) for a in BOUND_ACCELERATIONS]
     cases += [(f"noise sigma {rel:g}", {"kind": "noise", "sigma": rel * clean_scale}) for rel in BOUND_NOISE]
-    rows = []
+    rows, requested = [], steps
     for label, spec in cases:
         params = dict(spec)
         kind = params.pop("kind")
         observation = corrupt(volume, kind, seed=SEED, **params)
+        steps = default_steps(kind, resolved.guess) if requested is None else requested
         grid = [float(v) for v in sampling_grid(observation, resolved.schedule, steps, guess=resolved.guess)]  # what the engine runs
         with deterministic(threads):
             lipschitz = _lipschitz(resolved.net, resolved.prediction, resolved.schedule, steps,
@@ -267,7 +270,8 @@ def bounds(resolved: ResolvedNetwork, slices: list[int], steps: int, threads: in
                      "lipschitz_bound": lipschitz["bound"], "lipschitz_empirical": lipschitz["empirical"],
                      "step_hL": bound["step_condition_max_hL"], "gronwall_log10": bound["gronwall_log10_bound"],
                      "measured_sensitivity": sensitivity, "dc_residual": dc_residual(observation, recon, slices),
-                     "psnr": psnr(recon, reference, data_range=data_range), "seconds_per_slice": sec})
+                     "psnr": psnr(recon, reference, data_range=data_range), "seconds_per_slice": sec,
+                     "steps": steps})
         print(f"  [bounds {label}] PSNR {rows[-1]['psnr']:.2f}", file=sys.stderr)
     return rows
 
@@ -389,13 +393,13 @@ def print_targets(rows: list[Row]) -> None:
                   f"{'met' if gap >= -0.3 else 'NOT met'} (target >= -0.3 dB)")
 
 
-def print_bounds(rows: list[dict[str, Any]], slices: list[int], steps: int) -> None:
-    print(f"\nError bounds under varying corruption (exact, {steps} steps, held-out slices {slices}):\n")
-    print("| corruption | Lip bound | Lip empirical | step h*L | Grönwall bound | measured sensitivity | "
+def print_bounds(rows: list[dict[str, Any]], slices: list[int]) -> None:
+    print(f"\nError bounds under varying corruption (exact, held-out slices {slices}):\n")
+    print("| corruption | steps | Lip bound | Lip empirical | step h*L | Grönwall bound | measured sensitivity | "
           "DC residual | input PSNR (dB) | PSNR (dB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['corruption']} | {r['lipschitz_bound']:.3g} | {r['lipschitz_empirical']:.3g} | "
+        print(f"| {r['corruption']} | {r['steps']} | {r['lipschitz_bound']:.3g} | {r['lipschitz_empirical']:.3g} | "
               f"{r['step_hL']:.3g} | "
               f"1e{r['gronwall_log10']:.1f} | {r['measured_sensitivity']:.3g} | {r['dc_residual']:.2e} | "
               f"{r['input_psnr']:.2f} | {r['psnr']:.2f} |")
@@ -440,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="t1", help="shipped model name or checkpoint path (default: t1)")
     parser.add_argument("--slices", type=int, default=8, help="evaluation slices (default 8)")
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default 10 20 50)")
+    parser.add_argument("--bound-steps", type=int, default=None,
+                        help="steps of the bounds table (default: the engine's default per corruption)")
     parser.add_argument("--quick", action="store_true", help="2 slices, 10 / 20 steps, 1 bound slice, no volume")
     parser.add_argument("--tune", action="store_true", help="rerun the CS-TV lambda grid search (training slices)")
     parser.add_argument("--bound-slices", type=int, default=2, help="slices for the bounds table (default 2)")
@@ -487,8 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["comparison"] = [r.__dict__ for r in rows]
     if not args.no_bounds:
         bound_slices = evaluation_slices(args.bound_slices)
-        bound_rows = bounds(resolved, bound_slices, 20, args.threads, args.batch_size)
-        print_bounds(bound_rows, bound_slices, 20)
+        bound_rows = bounds(resolved, bound_slices, args.bound_steps, args.threads, args.batch_size)
+        print_bounds(bound_rows, bound_slices)
         out["bounds"] = bound_rows
     check = denoiser_check(resolved, evaluation_slices(1)[0])
     print_denoiser(check)

@@ -23,10 +23,11 @@ The optional penalty is a hinge on a finite-difference Lipschitz ratio of the ne
 (``max(0, ||f(x+d) - f(x)|| / ||d|| - target)^2`` for a small random ``d``).
 With ``unrolled_weight > 0`` (CS-TV-guess models) the loss also gets that weight times the
 sampler-in-the-loop loss of the batch's k-space samples (`medinvert.train.unrolled`): the final image of
-the engine's 10-step data-consistent reconstruction, against the truth.
+the engine's data-consistent reconstruction, against the truth, at a step count drawn per optimisation
+step from ``unrolled_steps`` (`medinvert.train.unrolled.unrolled_step_count`).
 
 Reproducibility: the sample at global index ``i`` depends only on ``(seed, i)`` (see
-`medinvert.train.data`), the noise and times of step ``s`` only on ``(seed, s, rank)``, so a resumed
+`medinvert.train.data`), the noise and times of step ``s`` only on ``(seed, s, rank)`` (its unrolled step count on ``(seed, s)``), so a resumed
 run repeats an uninterrupted one.  Checkpoints (rank 0, atomic) every ``checkpoint_every`` steps and
 on exit; a JSON-lines log gets one record per ``log_every`` steps.
 """
