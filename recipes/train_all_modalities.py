@@ -32,12 +32,14 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
 8. ``--multistep-steps`` more through BDIA with the unrolled step count drawn from 5, 10 and 20 at every
    optimisation step (``--unrolled-steps 5 10 20``): trained through 10 steps only, the models lost
    1.5-3 dB at 20 (docs/models.md, session 8);
+   then ``--small3-steps`` more with 40 added to the counts and 32x32 crops added to the crop cycle
+   (small matrices such as nibabel's 33x41 ``anatomical.nii``);
 9. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
         [--long-steps 10000] [--context-steps 1500] [--dim 2d] [--nproc 2] [--finetune-steps 300]
         [--small-steps 800] [--small-more-steps 1600] [--tv-steps 3000] [--unrolled-steps 3000]
-        [--bdia-steps 800] [--multistep-steps 1500] [--install]
+        [--bdia-steps 800] [--multistep-steps 1500] [--small3-steps 2000] [--install]
         # --install copies into the package
 """
 
@@ -97,6 +99,8 @@ def main() -> None:
                         help="then steps with the loss unrolled through BDIA (--unrolled-method bdia; 0 skips them)")
     parser.add_argument("--multistep-steps", type=int, default=1500,
                         help="then steps with the loss unrolled through BDIA at 5, 10 or 20 sampling steps (0 skips them)")
+    parser.add_argument("--small3-steps", type=int, default=2000,
+                        help="then steps through BDIA at 5, 10, 20 or 40 sampling steps with crops 96 / 48 / 32 (0 skips them)")
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -147,11 +151,13 @@ def main() -> None:
                               "--crop", "96", "--extra-crops", "48", "--batch-size", "6",
                               "--checkpoint-every", "500"], args.nproc)
             tuned = refined
-            if args.unrolled_steps > 0 and args.dim == "2d":  # stages 7 and 8: DDIM, BDIA, BDIA at 5/10/20 steps
-                for name, method, counts, steps, lr, seed, every in (
-                        ("unrolled", "ddim", ("10",), args.unrolled_steps, "1e-4", 51, "500"),
-                        ("bdia", "bdia", ("10",), args.bdia_steps, "5e-5", 61, "200"),
-                        ("multistep", "bdia", ("5", "10", "20"), args.multistep_steps, "5e-5", 71, "250")):
+            if args.unrolled_steps > 0 and args.dim == "2d":  # stages 7 and 8: DDIM, BDIA, BDIA at several counts
+                for name, method, counts, extra_crops, steps, lr, seed, every in (
+                        ("unrolled", "ddim", ("10",), ("48",), args.unrolled_steps, "1e-4", 51, "500"),
+                        ("bdia", "bdia", ("10",), ("48",), args.bdia_steps, "5e-5", 61, "200"),
+                        ("multistep", "bdia", ("5", "10", "20"), ("48",), args.multistep_steps, "5e-5", 71, "250"),
+                        ("small3", "bdia", ("5", "10", "20", "40"), ("48", "32"), args.small3_steps, "5e-5", 81,
+                         "250")):
                     if steps <= 0:
                         continue
                     unrolled = work / f"{modality}_{args.dim}_{name}.pt"
@@ -160,7 +166,8 @@ def main() -> None:
                              "--unrolled-weight", "1", "--unrolled-method", method, "--unrolled-steps", *counts,
                              "--steps", str(steps), "--lr", lr, "--warmup", "20",
                              "--seed", str(seed + MODALITIES.index(modality)), "--out", str(unrolled), *shape, *COMMON,
-                             "--crop", "96", "--extra-crops", "48", "--batch-size", "6", "--checkpoint-every", every])
+                             "--crop", "96", "--extra-crops", *extra_crops, "--batch-size", "6",
+                             "--checkpoint-every", every])
                     tuned = unrolled
         exported = export_for_inference(tuned, work / f"{modality}_{args.dim}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
