@@ -233,8 +233,8 @@ def scan_dicom_files(files: Sequence[Path]) -> dict[str, list[tuple[Path, "Datas
 
     Files with the ``DICM`` marker or a DICOM suffix (``.dcm``, ``.dicom``, ``.ima``) are read; a
     suffixed file that is not DICOM is an error; a file with neither that starts like a bare DICOM data
-    set (`looks_like_bare_dataset`) and parses into an image is read too; other non-DICOM files and DICOM objects that are
-    not images (no ``Rows``: reports, presentation states) are skipped.  An image header without
+    set (`looks_like_bare_dataset`) and parses into an image is read too; other non-DICOM files and
+    DICOM objects that are not images (no ``Rows``: reports, presentation states) are skipped.  An image header without
     pixel data is an error.  NIfTI files are ignored.
     """
     groups: dict[str, list[tuple[Path, "Dataset"]]] = {}

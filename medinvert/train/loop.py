@@ -27,9 +27,10 @@ the engine's data-consistent reconstruction, against the truth, at a step count 
 step from ``unrolled_steps`` (`medinvert.train.unrolled.unrolled_step_count`).
 
 Reproducibility: the sample at global index ``i`` depends only on ``(seed, i)`` (see
-`medinvert.train.data`), the noise and times of step ``s`` only on ``(seed, s, rank)`` (its unrolled step count on ``(seed, s)``), so a resumed
-run repeats an uninterrupted one.  Checkpoints (rank 0, atomic) every ``checkpoint_every`` steps and
-on exit; a JSON-lines log gets one record per ``log_every`` steps.
+`medinvert.train.data`), the noise and times of step ``s`` only on ``(seed, s, rank)`` and its unrolled
+step count only on ``(seed, s)``, so a resumed run repeats an uninterrupted one.  Checkpoints (rank 0,
+atomic) every ``checkpoint_every`` steps and on exit; a JSON-lines log gets one record per ``log_every``
+steps.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class TrainConfig:
     init: str | None = None
     guess: str = "adjoint"  # conditioning image of k-space samples: "adjoint" or "cs_tv" (`medinvert.guess`)
     unrolled_weight: float = 0.0  # weight of the sampler-in-the-loop loss on k-space samples (`medinvert.train.unrolled`)
-    unrolled_steps: tuple[int, ...] = (10,)  # sampling step counts that loss unrolls, one drawn per step (`unrolled_step_count`)
+    unrolled_steps: tuple[int, ...] = (10,)  # step counts that loss unrolls, one drawn per step (`unrolled_step_count`)
     unrolled_method: str = "bdia"  # integrator it unrolls: "bdia" (twin of the default "exact") or "ddim"
     architecture: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_ARCHITECTURE))
 
