@@ -5,7 +5,8 @@ resolutions and intensity ranges), so this runs offline:
 
 - ``anatomical.nii`` -- a small, odd-sized T1 volume (33 x 41 x 25, int16 scanner units);
 - ``example4d.nii.gz`` frame 0 -- an EPI volume (128 x 96 x 24); the frame is written to a 3-D file
-  first (the 4-D file has two frames, which `medinvert` refuses as ambiguous).
+  first (the 4-D file has two frames, which `medinvert` refuses as ambiguous);
+- both again z-scored (``(x - mean) / std``, float32): signed intensities, as many pipelines store them.
 
 Per volume, through the command line exactly as a user runs it::
 
@@ -17,6 +18,7 @@ observation file, and the zero-filled magnitude.  PSNR / SSIM / NMSE with fastMR
 all slices (data range = reference volume maximum).  Run from the repository root::
 
     python benchmarks/zero_shot.py --model t1            # the CLI's default steps (10 for the shipped models)
+    python benchmarks/zero_shot.py --model t1 --volumes my_t1.nii.gz   # your own 3-D volumes instead
 """
 
 from __future__ import annotations
@@ -50,7 +52,14 @@ def nibabel_volumes(work: Path) -> dict[str, Path]:
     frame = nib.load(data / "example4d.nii.gz")
     epi = work / "example4d_frame0.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(frame.dataobj)[..., 0].astype(np.float32), frame.affine), epi)
-    return {"anatomical.nii (T1, 33x41x25)": data / "anatomical.nii", "example4d frame 0 (EPI, 128x96x24)": epi}
+    volumes = {"anatomical.nii (T1, 33x41x25)": data / "anatomical.nii", "example4d frame 0 (EPI, 128x96x24)": epi}
+    for name, path in list(volumes.items()):  # z-scored copies: signed intensities (`medinvert.signed`)
+        image = nib.load(path)
+        values = np.asarray(image.dataobj, dtype=np.float64)
+        zscored = work / f"zscored_{path.name.split('.')[0]}.nii.gz"
+        nib.save(nib.Nifti1Image(((values - values.mean()) / values.std()).astype(np.float32), image.affine), zscored)
+        volumes[f"{name}, z-scored"] = zscored
+    return volumes
 
 
 def medinvert_cli(*args: str) -> None:
@@ -81,13 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="default: the CLI's (the model's) default")
     parser.add_argument("--method", default="exact")
     parser.add_argument("--accelerations", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--volumes", type=Path, nargs="+", default=None,
+                        help="3-D NIfTI files to run instead of nibabel's test volumes")
     args = parser.parse_args(argv)
     print("| volume | accel. | zero-filled PSNR / SSIM | CS-TV PSNR / SSIM | ours PSNR / SSIM | ours - CS-TV (dB) | "
           "identical twice |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, path in nibabel_volumes(work).items():
+        volumes = nibabel_volumes(work) if args.volumes is None else {path.name: path for path in args.volumes}
+        for name, path in volumes.items():
             reference = torch.as_tensor(np.asarray(load_volume(path)), dtype=torch.float32)
             for acceleration in args.accelerations:
                 case = work / f"{path.name.split('.')[0]}_{acceleration}x"
@@ -106,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ours = torch.as_tensor(np.asarray(load_volume(recon_file)), dtype=torch.float32)
                 with deterministic(1):
                     tv = cs_tv_volume(observation, cs_tv.TUNED_LAMBDA[acceleration])
-                zero_filled = ifft2c(observation.y).abs().permute(1, 2, 0).to(torch.float32)
+                zero_filled = ifft2c(observation.y).permute(1, 2, 0)  # magnitude; real part for signed volumes
+                zero_filled = (zero_filled.real if bool((reference < 0).any()) else zero_filled.abs()).to(torch.float32)
                 z, c, o = scores(zero_filled, reference), scores(tv, reference), scores(ours, reference)
                 print(f"| {name} | {acceleration}x | {z[0]:.2f} / {z[1]:.3f} | {c[0]:.2f} / {c[1]:.3f} | "
                       f"{o[0]:.2f} / {o[1]:.3f} | {o[0] - c[0]:+.2f} | {hashes[0] == hashes[1]} |", flush=True)

@@ -304,7 +304,7 @@ def run_reconstruction(
         raise MedinvertError(f"unknown start {start!r}; valid: {', '.join(STARTS)}")
     tv_guess = uses_tv(guess, observation.kind)  # also refuses an unknown guess
     solver = get_solver(method)
-    obs = observation if y_override is None else _with_y(observation, y_override)
+    obs = observation if y_override is None else observation.with_measurement(y_override)
     scale = robust_scale(observation.adjoint)
     sigma_y = noise_std(observation) / scale
     denoising = is_denoising(observation)
@@ -423,17 +423,6 @@ def _stack_operator(observation: Observation, problems: list[SliceProblem]) -> L
     if isinstance(first, InpaintOperator):
         return InpaintOperator(torch.cat([p.operator.mask for p in problems]))  # type: ignore[attr-defined]
     return first
-
-
-def _with_y(observation: Observation, y: torch.Tensor) -> Observation:
-    """A copy of ``observation`` with measurement ``y`` (and its adjoint recomputed)."""
-    operator = observation.operator()
-    adjoint = operator.adjoint(y)
-    adjoint = adjoint.real if adjoint.is_complex() else adjoint
-    return Observation(kind=observation.kind, y=y, mask=observation.mask, params=observation.params,
-                       adjoint=slices_to_volume(adjoint.to(torch.float32)).contiguous(),
-                       descriptor=observation.descriptor, affine=observation.affine, kernel=observation.kernel,
-                       source=observation.source)
 
 
 def schedule_of(config: dict[str, Any]) -> Schedule:

@@ -5,10 +5,14 @@
     result.latent   # medinvert.latent.Latent: exact inversion of the output under the condition
     result.report   # dict, the JSON report (sections below)
 
-The algorithm is `medinvert.engine.run_reconstruction`.  The report's sections:
+The algorithm is `medinvert.engine.run_reconstruction`, applied to the observation of
+``s (x - c)`` when the volume is signed (`medinvert.signed`); the output, data consistency and
+metrics are in the volume's own units.  The report's sections:
 
 ``settings``          method, steps, guidance, batch size, seed, model name + SHA-256, versions, device,
-                      the guess the network was conditioned on (`medinvert.guess`).
+                      the guess the network was conditioned on (`medinvert.guess`), the intensity
+                      map of a signed (z-scored, negated) volume (`medinvert.signed`; identity for
+                      magnitude images).
 ``data_consistency``  ``||A x - y|| / ||y||`` of the output (normalised units; the measured k-space
                       lines of a noiseless reconstruction match to float32 rounding).
 ``reproducibility``   SHA-256 of the output, and of a second run of the check slices compared with
@@ -50,6 +54,7 @@ from medinvert.determinism import float32_default
 from medinvert.errors import MedinvertError
 from medinvert.guess import uses_tv
 from medinvert.operators import Observation
+from medinvert.signed import estimate_intensity_map, map_observation
 
 __all__ = ["ReconstructionResult", "reconstruct_volume", "load_observation_input"]
 
@@ -273,6 +278,8 @@ def reconstruct_volume(
         raise MedinvertError("device 'cuda' requested but no CUDA device is available")
     observation, clean = load_observation_input(observation_or_volume, corruption, seed, measured, name)
     ref_t = _reference_volume(clean if reference is None else reference, observation.shape)  # checked before work
+    intensity_map = estimate_intensity_map(observation)
+    mapped = map_observation(observation, intensity_map)  # what the network reconstructs (`medinvert.signed`)
     source = observation.source or "volume"
     modality = observation.modality or (guess_modality(source) if observation.source else None)
     resolved = resolve_network(model if model is not None else default_model_name(modality))
@@ -286,13 +293,13 @@ def reconstruct_volume(
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=observation.shape[2], desc=f"reconstruct {Path(source).name}", unit="slice")
-        run = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps, guidance=guidance,
+        run = run_reconstruction(mapped, net, resolved.schedule, method=method, steps=steps, guidance=guidance,
                                  batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
                                  start=start, guess=resolved.guess,
                                  progress=(lambda n: bar.update(n)) if bar is not None else None)
         if bar is not None:
             bar.close()
-    volume = run.volume
+    volume = intensity_map.restore(run.volume)
     meta = {"filename_or_obj": source, "modality": modality}
     if observation.nifti_header is not None:  # the output file keeps the source's header (codes, units)
         meta["nifti_header"] = observation.nifti_header
@@ -306,6 +313,7 @@ def reconstruct_volume(
                      "guess": resolved.guess if uses_tv(resolved.guess, observation.kind) else "adjoint",
                      "model_sha256": resolved.reference.get("sha256"), "schedule": resolved.schedule.config,
                      "device": device, "versions": _versions(), "intensity_scale": run.scale,
+                     "intensity_map": intensity_map.as_report(),
                      "sigma_start": run.sigmas[0] if run.sigmas else None,
                      "grid": ("karras from the noise level of the image" if is_denoising(observation)
                               else f"{default_grid(observation, resolved.schedule, steps, resolved.guess)[0]} "
@@ -327,30 +335,31 @@ def reconstruct_volume(
     reproducibility: dict[str, Any] = {"output_sha256": _sha256(volume), "check_slices": check}
     if check:
         with deterministic(threads):
-            again = run_reconstruction(observation, net, resolved.schedule, method=method, steps=steps,
+            again = run_reconstruction(mapped, net, resolved.schedule, method=method, steps=steps,
                                        guidance=guidance, batch_size=batch_size, prediction=resolved.prediction, base_seed=base_seed,
                                        start=start, guess=resolved.guess, slices=range(check[0], check[-1] + 1))
-            first, second = volume[:, :, check[0]:check[-1] + 1], again.volume[:, :, check[0]:check[-1] + 1]
+            first = volume[:, :, check[0]:check[-1] + 1]
+            second = intensity_map.restore(again.volume)[:, :, check[0]:check[-1] + 1]
             reproducibility.update({"run1_sha256": _sha256(first), "run2_sha256": _sha256(second),
                                     "identical": bool(torch.equal(first, second))})
             trip = roundtrip(first.contiguous(), resolved, method="exact", steps=steps, batch_size=batch_size,
                              threads=threads)
             reproducibility["roundtrip"] = {k: trip[k] for k in ("bit_identical", "max_abs_error", "nfe", "seconds")}
             report["bounds"]["measured_sensitivity"] = _measured_sensitivity(
-                observation, net, resolved.schedule, method, steps, guidance, batch_size, base_seed, check, volume,
+                mapped, net, resolved.schedule, method, steps, guidance, batch_size, base_seed, check, run.volume,
                 prediction=resolved.prediction, start=start, guess=resolved.guess)
     report["reproducibility"] = reproducibility
-    report["validation"] = _validation(observation, net, resolved, method, steps, guidance, batch_size, base_seed,
+    report["validation"] = _validation(mapped, net, resolved, method, steps, guidance, batch_size, base_seed,
                                        start, check, threads)
 
     latent = None
     if return_latent:
         with deterministic(threads):
-            latent = invert(result_volume, resolved, method="exact", steps=steps, condition=observation,
+            latent = invert(result_volume, resolved, method="exact", steps=steps, condition=mapped,
                             batch_size=batch_size, threads=threads)
 
     if ref_t is not None:
-        report["metrics"] = _reference_metrics(volume, observation.image(), ref_t)
+        report["metrics"] = _reference_metrics(volume, intensity_map.restore(mapped.image()), ref_t)
     seconds = time.perf_counter() - wall
     report["timing"] = {"seconds": seconds, "reconstruction_seconds": run.seconds, "nfe": run.nfe,
                         "slices": observation.shape[2], "evaluated_slices": len(run.evaluated_slices),

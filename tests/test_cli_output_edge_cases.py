@@ -185,16 +185,16 @@ def test_both_routes_seed_each_volume_by_its_own_name(capsys, tmp_path, model, m
     assert outputs[0] == outputs[1]
 
 
-def test_negative_intensities_get_a_note(capsys, tmp_path, model):
-    """A z-scored volume reconstructs, with a note (stderr and summary.csv) that it is outside the
-    models' magnitude-image domain; a non-negative one gets none."""
+def test_signed_intensities_get_a_note(capsys, tmp_path, model):
+    """A z-scored volume reconstructs through the signed-intensity map, with a note (stderr and
+    summary.csv) naming the offset; a non-negative one gets none."""
     data = phantom()
     for name, volume in (("zscored_t1.nii.gz", (data - data.mean()) / data.std()), ("plain_t1.nii.gz", data)):
         nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), tmp_path / name)
         code, _, stderr = _run(capsys, "reconstruct", tmp_path / name, "--corruption", "kspace:4", "--out",
                                tmp_path / name.split("_")[0], "--model", model, *FAST)
         assert code == 0, stderr
-        assert ("negative intensities" in stderr) == name.startswith("zscored"), stderr
+        assert ("signed intensities" in stderr) == name.startswith("zscored"), stderr
 
 
 def test_steps_other_than_the_trained_ones_get_a_note(capsys, tmp_path):

@@ -388,7 +388,6 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
     if job.kind == "volume":
         source_volume = load_volume(job.source, series_uid=job.series_uid)
         source: Any = source_volume
-        notes += _negative_intensity_note(source_volume)
         if reference is None and args.measured is None:  # simulated: the clean input is the reference
             reference = source_volume
     else:
@@ -399,6 +398,7 @@ def reconstruct_job(job: Job, args: argparse.Namespace, models: dict[str, Any], 
         method=args.method, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size, device=device,
         reference=reference, seed=args.seed, start=args.start, checks=args.checks, return_latent=args.save_latent, progress=progress,
         threads=args.threads, name=job.stem if job.kind == "volume" else None)
+    notes += _intensity_map_note(result.report["settings"]["intensity_map"])
     report = write_outputs(result, paths, reference=reference, source_volume=source_volume,
                            title=f"medinvert reconstruction: {job.stem}")
     return _row(job, "done", paths.recon, report, "; ".join(notes))
@@ -421,17 +421,14 @@ def _trained_steps_note(network: Any, steps: int | None) -> list[str]:
     return [f"the model was trained through {counts} sampling steps; --steps {steps} is likely to reconstruct worse"]
 
 
-def _negative_intensity_note(volume: Any) -> list[str]:
-    """A note when more than a trace of ``volume`` is negative (z-scored, CT-like offsets): the models
-    were trained on magnitude images and do worse there (docs/reliability.md, known limits)."""
-    import numpy as np
-
-    data = np.asarray(volume, dtype=np.float64)
-    low, peak = float(data.min(initial=0.0)), float(np.abs(data).max(initial=0.0))
-    if peak == 0.0 or low >= -0.01 * peak:
+def _intensity_map_note(intensity_map: dict[str, Any]) -> list[str]:
+    """A note when the volume was reconstructed through a signed-intensity map (`medinvert.signed`):
+    z-scored or negated volumes, which the models (trained on magnitude images) see shifted."""
+    if intensity_map["offset"] == 0.0 and intensity_map["sign"] == 1:
         return []
-    return [f"negative intensities (min {low:.4g}): the models expect magnitude images (>= 0), so this "
-            "reconstruction may be poor; reconstruct the raw magnitude if you have it"]
+    sign = "-" if intensity_map["sign"] < 0 else ""
+    return [f"signed intensities: reconstructed as {sign}(x - ({intensity_map['offset']:.4g})) and mapped back "
+            f"({intensity_map['rule']})"]
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -54,7 +54,7 @@ import hashlib
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,12 @@ class Observation:
         ``|F^H y|`` for kspace, ``y`` itself otherwise."""
         data = ifft2c(self.y).abs().to(torch.float32) if self.kind == "kspace" else self.y
         return slices_to_volume(data).contiguous()
+
+    def with_measurement(self, y: torch.Tensor) -> "Observation":
+        """A copy with measurement ``y`` (the layout and dtype of ``self.y``) and its adjoint recomputed."""
+        adjoint = self.operator().adjoint(y)
+        adjoint = adjoint.real if adjoint.is_complex() else adjoint
+        return replace(self, y=y, adjoint=slices_to_volume(adjoint.to(torch.float32)).contiguous())
 
     # ------------------------------------------------------------------ file format
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,112 @@
+"""Signed volumes (`medinvert.signed`): the intensity map moves into the measurement exactly, is
+estimated from the measurement alone, and reconstruction commutes with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medinvert import reconstruct_volume
+from medinvert.io.nifti import make_meta_tensor
+from medinvert.signed import IntensityMap, estimate_intensity_map, map_observation, negative_fraction
+from medinvert.transforms import corrupt
+
+from _recon_helpers import phantom, write_tiny_model
+
+CORRUPTIONS = {
+    "kspace": {"acceleration": 4, "center_fraction": 0.08},
+    "mask": {"mask_type": "box", "size_fraction": 0.3},
+    "noise": {"sigma": 0.05},
+    "blur": {"blur": "gaussian", "blur_sigma": 1.2},
+}
+
+
+def _volume(data: np.ndarray) -> torch.Tensor:
+    return make_meta_tensor(data.astype(np.float32), np.eye(4), {"filename_or_obj": "phantom_t1.nii.gz"})
+
+
+def _zscored(data: np.ndarray) -> np.ndarray:
+    return ((data - data.mean()) / data.std()).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("intensity_map", [IntensityMap(-0.75, 1), IntensityMap(12.5, -1)])
+def test_mapped_measurement_is_the_measurement_of_the_mapped_image(kind, intensity_map):
+    """``s (y - c A 1)`` equals the measurement of ``s (x - c)`` under the same mask, kernel and noise."""
+    data = phantom((24, 20, 3)) / 50.0
+    mapped_image = intensity_map.sign * (data - intensity_map.offset)
+    direct = corrupt(_volume(mapped_image), kind, seed=3, **CORRUPTIONS[kind])
+    observation = corrupt(_volume(data), kind, seed=3, **CORRUPTIONS[kind])
+    moved = map_observation(observation, intensity_map)
+    if kind == "noise" and intensity_map.sign < 0:  # the noise sample changes sign with the image
+        expected = torch.as_tensor(mapped_image).permute(2, 0, 1) - (direct.y - torch.as_tensor(mapped_image).permute(2, 0, 1))
+    else:
+        expected = direct.y
+    scale = float(expected.abs().max())
+    assert float((moved.y - expected).abs().max()) <= 1e-5 * scale
+    assert float((moved.adjoint - direct.adjoint).abs().max()) <= 1e-4 * float(direct.adjoint.abs().max()) \
+        or kind == "noise"
+    assert moved.kind == observation.kind and torch.equal(moved.mask, observation.mask)
+
+
+@pytest.mark.parametrize("acceleration", [4, 8, 16])
+def test_magnitude_volumes_are_left_alone(acceleration):
+    """Aliasing makes a zero-filled magnitude image slightly negative; that is no reason to shift it."""
+    observation = corrupt(_volume(phantom()), "kspace", seed=0, acceleration=acceleration,
+                          center_fraction=0.32 / acceleration)
+    assert negative_fraction(observation.adjoint.numpy()) < 0.1
+    assert estimate_intensity_map(observation).identity
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_zscored_air_maps_to_zero(kind):
+    """A z-scored volume with air: the offset is the air level (to 1 % of the image's span)."""
+    data = phantom()
+    zscored = _zscored(data)
+    air = float(zscored[0, 0, 0])
+    found = estimate_intensity_map(corrupt(_volume(zscored), kind, seed=1, **CORRUPTIONS[kind]))
+    assert found.sign == 1
+    assert abs(found.offset - air) <= 0.01 * float(zscored.max() - zscored.min())
+
+
+def test_negated_volume_flips_sign():
+    """A negated image (negative slope): air stays at zero and the sign flips."""
+    found = estimate_intensity_map(corrupt(_volume(-phantom()), "kspace", seed=1, acceleration=4,
+                                           center_fraction=0.08))
+    assert found.sign == -1
+    assert abs(found.offset) <= 0.01 * float(phantom().max())
+
+
+def test_signed_volume_without_air_maps_its_darkest_tissue_to_zero():
+    """A z-scored crop that is all tissue: the 0.5th percentile of the measured image maps to zero."""
+    tissue = _zscored(phantom((48, 40, 3))[8:-8, 8:-8])
+    observation = corrupt(_volume(tissue), "kspace", seed=1, acceleration=4, center_fraction=0.08)
+    found = estimate_intensity_map(observation)
+    assert found.sign == 1
+    assert found.offset == pytest.approx(float(np.percentile(observation.adjoint.numpy(), 0.5)))
+
+
+def test_masked_pixels_do_not_count_as_air():
+    """For inpainting the holes (zeros in ``A^H y``) are left out of the statistics."""
+    zscored = _zscored(phantom())
+    observation = corrupt(_volume(zscored), "mask", seed=1, mask_type="box", size_fraction=0.6)
+    found = estimate_intensity_map(observation)
+    assert abs(found.offset - float(zscored[0, 0, 0])) <= 1e-6
+
+
+def test_reconstruction_commutes_with_zscoring(tmp_path):
+    """Reconstructing a z-scored volume gives the z-scored reconstruction of the original (the
+    network sees the same normalised image), keeps its measured k-space, and is reported."""
+    model = write_tiny_model(tmp_path / "tiny.pt")
+    data = phantom((32, 28, 3))
+    mean, std = float(data.mean()), float(data.std())
+    settings = {"model": str(model), "corruption": "kspace:4", "steps": 3, "checks": "none", "seed": 0}
+    plain = reconstruct_volume(_volume(data), **settings)
+    signed = reconstruct_volume(_volume(_zscored(data)), **settings)
+    expected = (plain.volume.as_tensor() - mean) / std
+    span = float(expected.max() - expected.min())
+    assert float((signed.volume.as_tensor() - expected).abs().max()) <= 2e-3 * span
+    assert signed.report["data_consistency"]["relative_residual"] <= 1e-3
+    assert signed.report["settings"]["intensity_map"]["offset"] == pytest.approx(-mean / std, abs=0.01 * span)
+    assert plain.report["settings"]["intensity_map"]["offset"] == 0.0
