@@ -54,7 +54,7 @@ from medinvert.determinism import float32_default
 from medinvert.errors import MedinvertError
 from medinvert.guess import uses_tv
 from medinvert.operators import Observation
-from medinvert.signed import estimate_intensity_map, map_observation
+from medinvert.signed import corrupted_image, estimate_intensity_map, map_observation
 
 __all__ = ["ReconstructionResult", "reconstruct_volume", "load_observation_input"]
 
@@ -359,7 +359,7 @@ def reconstruct_volume(
                             batch_size=batch_size, threads=threads)
 
     if ref_t is not None:
-        report["metrics"] = _reference_metrics(volume, intensity_map.restore(mapped.image()), ref_t)
+        report["metrics"] = _reference_metrics(volume, corrupted_image(observation, intensity_map), ref_t)
     seconds = time.perf_counter() - wall
     report["timing"] = {"seconds": seconds, "reconstruction_seconds": run.seconds, "nfe": run.nfe,
                         "slices": observation.shape[2], "evaluated_slices": len(run.evaluated_slices),

@@ -40,7 +40,7 @@ import torch
 
 from medinvert.operators import Observation
 
-__all__ = ["SIGNED_FRACTION", "IntensityMap", "estimate_intensity_map", "map_observation"]
+__all__ = ["SIGNED_FRACTION", "IntensityMap", "corrupted_image", "estimate_intensity_map", "map_observation"]
 
 #: negative fraction of ``A^H y`` from which a volume counts as signed (module docstring, step 1)
 SIGNED_FRACTION = 0.2
@@ -120,3 +120,12 @@ def map_observation(observation: Observation, intensity_map: IntensityMap) -> Ob
     constant = observation.operator().forward(torch.ones(tuple(y.shape), dtype=torch.float64)).to(y.dtype)
     mapped = (float(intensity_map.sign) * (y - float(intensity_map.offset) * constant)).to(observation.y.dtype)
     return observation.with_measurement(mapped)
+
+
+def corrupted_image(observation: Observation, intensity_map: IntensityMap | None = None) -> torch.Tensor:
+    """The corrupted image in the volume's own units, float32 ``(X, Y, Z)``: `Observation.image` (the
+    zero-filled magnitude for k-space) of the mapped observation, mapped back.  For a magnitude volume
+    this is `Observation.image` itself; for a z-scored one the air stays at its level instead of the
+    magnitude folding the negative half of the image up."""
+    intensity_map = estimate_intensity_map(observation) if intensity_map is None else intensity_map
+    return intensity_map.restore(map_observation(observation, intensity_map).image())

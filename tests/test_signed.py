@@ -110,3 +110,19 @@ def test_reconstruction_commutes_with_zscoring(tmp_path):
     assert signed.report["data_consistency"]["relative_residual"] <= 1e-3
     assert signed.report["settings"]["intensity_map"]["offset"] == pytest.approx(-mean / std, abs=0.01 * span)
     assert plain.report["settings"]["intensity_map"]["offset"] == 0.0
+
+
+def test_corrupted_image_keeps_the_air_of_a_zscored_volume():
+    """The zero-filled image of a z-scored volume keeps its air at the air level (the plain magnitude
+    folds it up to ``|air|``); for a magnitude volume it is `Observation.image` itself."""
+    from medinvert.signed import corrupted_image
+
+    data = phantom()
+    plain = corrupt(_volume(data), "kspace", seed=0, acceleration=4, center_fraction=0.08)
+    assert torch.equal(corrupted_image(plain), plain.image())
+    zscored = _zscored(data)
+    observation = corrupt(_volume(zscored), "kspace", seed=0, acceleration=4, center_fraction=0.08)
+    image = corrupted_image(observation)
+    air = float(zscored[0, 0, 0])
+    assert abs(float(image[0, 0, 0]) - air) < 0.05 * abs(air)
+    assert float(observation.image()[0, 0, 0]) > 0 > air

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from medinvert.io.atomic import remove_stale_temporaries, require_writable_folder
     from medinvert.io.naming import parse_brats_name
     from medinvert.operators.observation import observation_paths
+    from medinvert.signed import corrupted_image
     from medinvert.transforms.corrupt import apply_transform, make_transform
 
     if args.seed < 0 or args.seed >= 2**32:
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
                 remove_stale_temporaries(outputs)
                 observation.save(out / stem)
                 save_volume(observation.mask.numpy().astype(np.uint8), mask_path, reference=volume, dtype=np.uint8)
-                save_volume(observation.image(), corrupted, reference=volume)
+                save_volume(corrupted_image(observation), corrupted, reference=volume)
             except Exception as failure:  # noqa: BLE001 - a bad volume must not stop the others
                 if len(jobs) == 1:
                     raise

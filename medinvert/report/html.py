@@ -217,9 +217,10 @@ def _summary(report: dict[str, Any]) -> str:
 def _figures(report: dict[str, Any], observation: Any, reconstruction: Any, reference: Any,
              slices: Sequence[int] | None) -> str:
     from medinvert.report import figures
+    from medinvert.signed import corrupted_image
 
     parts = []
-    corrupted = observation.image() if observation is not None else None
+    corrupted = corrupted_image(observation) if observation is not None else None
     if reconstruction is not None and corrupted is not None:
         rows = list(slices) if slices is not None else figures.representative_slices(
             reference if reference is not None else corrupted)
@@ -237,7 +238,7 @@ def _figures(report: dict[str, Any], observation: Any, reconstruction: Any, refe
         if observation is not None and reference is not None:
             from medinvert.metrics import per_slice_metrics
 
-            baseline = json_safe(per_slice_metrics(observation.image(), reference))
+            baseline = json_safe(per_slice_metrics(corrupted, reference))
         png = figures.per_slice_png(per_slice, baseline, baseline_label=_INPUT_LABELS.get(
             getattr(observation, "kind", ""), "input"))
         parts.append(_img(png, "per-slice metrics", "PSNR and SSIM per slice (fastMRI conventions: data range = "
