@@ -15,10 +15,11 @@ Per volume, through the command line exactly as a user runs it::
 
 then CS-TV (`cs_tv.py`, lambda frozen in `cs_tv.TUNED_LAMBDA` from training slices) on the *same*
 observation file, and the zero-filled magnitude.  PSNR / SSIM / NMSE with fastMRI conventions over
-all slices (data range = reference volume maximum).  Run from the repository root::
+all slices (data range = reference volume maximum; max - min for the z-scored copies).  Run from the repository root::
 
     python benchmarks/zero_shot.py --model t1            # the CLI's default steps (10 for the shipped models)
     python benchmarks/zero_shot.py --model t1 --volumes my_t1.nii.gz   # your own 3-D volumes instead
+    python benchmarks/zero_shot.py --model t1 --seeds 0 1 2 3 4 5 6 7  # eight masks per case, and their spread
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ import cs_tv  # noqa: E402  (benchmark-local module)
 from medinvert.determinism import deterministic  # noqa: E402
 from medinvert.intensity import robust_scale  # noqa: E402
 from medinvert.io import load_volume  # noqa: E402
-from medinvert.metrics import nmse, psnr, ssim  # noqa: E402
-from medinvert.operators import Observation, ifft2c, volume_to_slices  # noqa: E402
+from medinvert.metrics import default_data_range, nmse, psnr, ssim  # noqa: E402
+from medinvert.operators import Observation, volume_to_slices  # noqa: E402
+from medinvert.signed import corrupted_image  # noqa: E402
 
 SETTINGS = {4: 0.08, 8: 0.04}
 
@@ -70,7 +72,7 @@ def medinvert_cli(*args: str) -> None:
 
 
 def scores(image: torch.Tensor, reference: torch.Tensor) -> tuple[float, float, float]:
-    data_range = float(reference.max())
+    data_range = default_data_range(reference)  # the maximum; max - min for the z-scored copies
     return (psnr(image, reference, data_range=data_range), ssim(image, reference, data_range=data_range),
             nmse(image, reference))
 
@@ -84,45 +86,62 @@ def cs_tv_volume(observation: Observation, lam: float) -> torch.Tensor:
     return x.permute(1, 2, 0).to(torch.float32)
 
 
+def evaluate_case(path: Path, acceleration: int, seed: int, case: Path, args: argparse.Namespace,
+                  reference: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], bool]:
+    """Scores (PSNR, SSIM, NMSE) of zero-filled, CS-TV and ours on one mask, and whether ours came out
+    identical twice."""
+    medinvert_cli("corrupt", str(path), "--kind", "kspace", "--acceleration", str(acceleration),
+                  "--center-fraction", str(SETTINGS[acceleration]), "--seed", str(seed), "--out", str(case / "corrupt"))
+    (observation_file,) = sorted((case / "corrupt").glob("*_observation.json"))
+    observation = Observation.load(observation_file)
+    hashes = []
+    for run in ("recon", "recon_again"):
+        steps = [] if args.steps is None else ["--steps", str(args.steps)]
+        medinvert_cli("reconstruct", str(case / "corrupt"), "--model", args.model, "--method", args.method,
+                      *steps, "--reference", str(path), "--checks", "none",
+                      "--allow-modality-mismatch", "--out", str(case / run))
+        (recon_file,) = sorted((case / run).glob("*_recon.nii.gz"))
+        hashes.append(np.asarray(nib.load(recon_file).dataobj).tobytes())
+    ours = torch.as_tensor(np.asarray(load_volume(recon_file)), dtype=torch.float32)
+    with deterministic(1):
+        tv = cs_tv_volume(observation, cs_tv.TUNED_LAMBDA[acceleration])
+    zero_filled = corrupted_image(observation)  # zero-filled magnitude (of the shifted image, for signed volumes)
+    return scores(zero_filled, reference), scores(tv, reference), scores(ours, reference), hashes[0] == hashes[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="t1")
     parser.add_argument("--steps", type=int, default=None, help="default: the CLI's (the model's) default")
     parser.add_argument("--method", default="exact")
     parser.add_argument("--accelerations", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="`corrupt --seed` values: one mask per seed (a summary of ours - CS-TV over masks follows)")
     parser.add_argument("--volumes", type=Path, nargs="+", default=None,
                         help="3-D NIfTI files to run instead of nibabel's test volumes")
     args = parser.parse_args(argv)
-    print("| volume | accel. | zero-filled PSNR / SSIM | CS-TV PSNR / SSIM | ours PSNR / SSIM | ours - CS-TV (dB) | "
+    print("| volume | accel. | seed | zero-filled PSNR / SSIM | CS-TV PSNR / SSIM | ours PSNR / SSIM | ours - CS-TV (dB) | "
           "identical twice |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    gains: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         volumes = nibabel_volumes(work) if args.volumes is None else {path.name: path for path in args.volumes}
         for name, path in volumes.items():
             reference = torch.as_tensor(np.asarray(load_volume(path)), dtype=torch.float32)
             for acceleration in args.accelerations:
-                case = work / f"{path.name.split('.')[0]}_{acceleration}x"
-                medinvert_cli("corrupt", str(path), "--kind", "kspace", "--acceleration", str(acceleration),
-                              "--center-fraction", str(SETTINGS[acceleration]), "--out", str(case / "corrupt"))
-                (observation_file,) = sorted((case / "corrupt").glob("*_observation.json"))
-                observation = Observation.load(observation_file)
-                hashes = []
-                for run in ("recon", "recon_again"):
-                    steps = [] if args.steps is None else ["--steps", str(args.steps)]
-                    medinvert_cli("reconstruct", str(case / "corrupt"), "--model", args.model, "--method", args.method,
-                                  *steps, "--reference", str(path), "--checks", "none",
-                                  "--allow-modality-mismatch", "--out", str(case / run))
-                    (recon_file,) = sorted((case / run).glob("*_recon.nii.gz"))
-                    hashes.append(np.asarray(nib.load(recon_file).dataobj).tobytes())
-                ours = torch.as_tensor(np.asarray(load_volume(recon_file)), dtype=torch.float32)
-                with deterministic(1):
-                    tv = cs_tv_volume(observation, cs_tv.TUNED_LAMBDA[acceleration])
-                zero_filled = ifft2c(observation.y).permute(1, 2, 0)  # magnitude; real part for signed volumes
-                zero_filled = (zero_filled.real if bool((reference < 0).any()) else zero_filled.abs()).to(torch.float32)
-                z, c, o = scores(zero_filled, reference), scores(tv, reference), scores(ours, reference)
-                print(f"| {name} | {acceleration}x | {z[0]:.2f} / {z[1]:.3f} | {c[0]:.2f} / {c[1]:.3f} | "
-                      f"{o[0]:.2f} / {o[1]:.3f} | {o[0] - c[0]:+.2f} | {hashes[0] == hashes[1]} |", flush=True)
+                for seed in args.seeds:
+                    case = work / f"{path.name.split('.')[0]}_{acceleration}x_seed{seed}"
+                    z, c, o, identical = evaluate_case(path, acceleration, seed, case, args, reference)
+                    gains.setdefault((name, acceleration), []).append(o[0] - c[0])
+                    print(f"| {name} | {acceleration}x | {seed} | {z[0]:.2f} / {z[1]:.3f} | {c[0]:.2f} / {c[1]:.3f} | "
+                          f"{o[0]:.2f} / {o[1]:.3f} | {o[0] - c[0]:+.2f} | {identical} |", flush=True)
+    if len(args.seeds) > 1:
+        print("\n| volume | accel. | masks | ours - CS-TV (dB): mean | std | min | max |\n|---|---|---|---|---|---|---|")
+        for (name, acceleration), values in gains.items():
+            v = np.asarray(values)
+            print(f"| {name} | {acceleration}x | {v.size} | {v.mean():+.2f} | {v.std(ddof=1):.2f} | {v.min():+.2f} | "
+                  f"{v.max():+.2f} |")
     return 0
 
 

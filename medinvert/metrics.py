@@ -6,7 +6,9 @@ medinvert volume layout) or ``(X, Y)`` (one slice), compute in float64 and retur
 Conventions (fastMRI ``evaluate.py``, Zbontar et al. 2018, arXiv:1811.08839):
 
 * ``data_range`` defaults to ``ref.max()`` over the whole *reference volume* (not per slice, not
-  ``max - min``); the masked variants use the same volume maximum.
+  ``max - min``); the masked variants use the same volume maximum.  A *signed* reference (z-scored or
+  negated, `medinvert.intensity.is_signed`), outside fastMRI's magnitude images, uses ``max - min``
+  instead (`default_data_range`).
 * ``nmse = ||x - ref||^2 / ||ref||^2``.
 * ``psnr = 10 log10(data_range^2 / mse)``; identical inputs give ``inf``.
 * ``ssim`` (Wang et al. 2004, IEEE TIP 13(4), eq. 13) with K1 = 0.01, K2 = 0.03.  Default
@@ -28,7 +30,7 @@ import numpy as np
 
 from medinvert.errors import MedinvertError
 
-__all__ = ["psnr", "ssim", "nmse", "ssim_map", "per_slice_metrics", "ssim_defined"]
+__all__ = ["psnr", "ssim", "nmse", "ssim_map", "per_slice_metrics", "ssim_defined", "default_data_range"]
 
 K1 = 0.01
 K2 = 0.03
@@ -67,8 +69,16 @@ def _prepare(x: Any, ref: Any, mask: Any = None) -> tuple[np.ndarray, np.ndarray
     return a, b, m
 
 
+def default_data_range(ref: Any) -> float:
+    """``ref.max()`` (fastMRI), or ``ref.max() - ref.min()`` for a signed reference (module docstring)."""
+    from medinvert.intensity import is_signed
+
+    values = _to_numpy(ref)
+    return float(values.max() - values.min()) if is_signed(values) else float(values.max())
+
+
 def _data_range(ref: np.ndarray, data_range: float | None) -> float:
-    value = float(ref.max()) if data_range is None else float(data_range)
+    value = default_data_range(ref) if data_range is None else float(data_range)
     if not value > 0 or not math.isfinite(value):
         raise MedinvertError(f"data range must be positive and finite (got {value}; the reference maximum is used "
                              "by default)")

@@ -387,11 +387,11 @@ def _reference_metrics(volume: torch.Tensor, zero_filled: torch.Tensor, referenc
     """The report's ``metrics`` section: output and zero-filled input against ``reference`` (all
     ``(X, Y, Z)``), fastMRI conventions; SSIM None for slices under the 7x7 window, and no numbers
     (with the reason) for a reference without a positive voxel (its maximum is the data range)."""
-    from medinvert.metrics import nmse, per_slice_metrics, psnr, ssim, ssim_defined
+    from medinvert.metrics import default_data_range, nmse, per_slice_metrics, psnr, ssim, ssim_defined
 
-    if bool(torch.isfinite(reference).all()) and not float(reference.max()) > 0:
+    if bool(torch.isfinite(reference).all()) and not default_data_range(reference) > 0:
         return {"psnr": None, "ssim": None, "nmse": None,
-                "reason": "the reference has no positive voxel, so PSNR / SSIM / NMSE are undefined"}
+                "reason": "the reference has no data range (no positive voxel), so PSNR / SSIM / NMSE are undefined"}
     has_ssim = ssim_defined(tuple(reference.shape))
     return {
         "psnr": psnr(volume, reference), "ssim": ssim(volume, reference) if has_ssim else None,
@@ -399,7 +399,8 @@ def _reference_metrics(volume: torch.Tensor, zero_filled: torch.Tensor, referenc
         "zero_filled": {"psnr": psnr(zero_filled, reference),
                         "ssim": ssim(zero_filled, reference) if has_ssim else None, "nmse": nmse(zero_filled, reference)},
         "per_slice": per_slice_metrics(volume, reference),
-        "conventions": "fastMRI: data range = reference volume max; SSIM = mean of 2-D slice SSIMs (7x7)",
+        "conventions": "fastMRI: data range = reference volume max (max - min for a signed reference); SSIM = "
+                       "mean of 2-D slice SSIMs (7x7)",
     }
 
 

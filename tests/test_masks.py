@@ -162,3 +162,17 @@ def test_seed_from_name_is_stable_and_name_dependent():
     assert a != seed_from_name("BraTS2021_00001_t2.nii.gz", 0)
     with pytest.raises(MedinvertError):
         seed_from_name("x.nii.gz", -1)
+
+
+@pytest.mark.parametrize("make", [random_line_mask, equispaced_line_mask])
+@pytest.mark.parametrize("acceleration,center_fraction,width",
+                         [(4, 0.08, w) for w in (2, 3, 5, 6)] + [(8, 0.04, w) for w in (2, 3, 9, 12)])
+def test_tiny_matrices_still_sample_the_zero_frequency(make, acceleration, center_fraction, width):
+    """Where ``round(W * center_fraction)`` is 0 (fastMRI / MONAI then sample no centre) the zero-frequency
+    column is sampled anyway, and no more than the line budget (at least that one line) is measured."""
+    assert round(width * center_fraction) == 0
+    for seed in range(5):
+        cols = _columns(make((4, width), acceleration, center_fraction, seed))
+        assert cols[width // 2], (seed, cols)
+        assert center_columns(width, center_fraction) == (width // 2, 1)
+        assert cols.sum() <= max(1, round(width / acceleration)) + 1

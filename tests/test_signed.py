@@ -9,7 +9,8 @@ import torch
 
 from medinvert import reconstruct_volume
 from medinvert.io.nifti import make_meta_tensor
-from medinvert.signed import IntensityMap, estimate_intensity_map, map_observation, negative_fraction
+from medinvert.intensity import negative_fraction
+from medinvert.signed import IntensityMap, estimate_intensity_map, map_observation
 from medinvert.transforms import corrupt
 
 from _recon_helpers import phantom, write_tiny_model
@@ -126,3 +127,31 @@ def test_corrupted_image_keeps_the_air_of_a_zscored_volume():
     air = float(zscored[0, 0, 0])
     assert abs(float(image[0, 0, 0]) - air) < 0.05 * abs(air)
     assert float(observation.image()[0, 0, 0]) > 0 > air
+
+
+def test_signed_references_use_their_full_range():
+    """fastMRI's data range (the maximum) for magnitude references; ``max - min`` for signed ones, so a
+    negated reference has a PSNR and z-scoring does not change it."""
+    from medinvert.metrics import default_data_range, psnr
+
+    data = phantom()
+    noisy = data + np.random.default_rng(0).normal(0, 2.0, data.shape).astype(np.float32)
+    assert default_data_range(data) == float(data.max())
+    assert default_data_range(-data) == float(data.max())
+    assert psnr(-noisy, -data) == pytest.approx(psnr(noisy, data))
+    mean, std = float(data.mean()), float(data.std())
+    assert psnr((noisy - mean) / std, (data - mean) / std) == pytest.approx(psnr(noisy, data), abs=1e-6)
+
+
+def test_evaluate_names_an_empty_mask(tmp_path, capsys):
+    """An all-zero --mask is refused with one line naming the mask file."""
+    import nibabel as nib
+
+    from medinvert.cli import main
+
+    for name, volume in (("recon.nii.gz", phantom()), ("mask.nii.gz", np.zeros(phantom().shape, np.uint8))):
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / name)
+    code = main(["evaluate", str(tmp_path / "recon.nii.gz"), str(tmp_path / "recon.nii.gz"),
+                 "--mask", str(tmp_path / "mask.nii.gz")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "mask.nii.gz" in stderr and "empty" in stderr and len(stderr.strip().splitlines()) == 1

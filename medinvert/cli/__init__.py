@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _terminate_as_interrupt()
     try:
         try:
             return int(args._run(args) or 0)
@@ -81,6 +82,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medinvert {args.command}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
               "(set MEDINVERT_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+
+
+def _terminate_as_interrupt() -> None:
+    """Handle SIGTERM (``kill``, ``timeout``, a batch scheduler, torchrun stopping its workers) like
+    Ctrl-C: the KeyboardInterrupt unwinds through the atomic writers, which remove their temporary
+    files, and the command ends with "interrupted" and exit code 130 instead of dying mid-write."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def exit_process(code: int) -> None:

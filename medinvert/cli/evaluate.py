@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CONVENTIONS = ("fastMRI: data range = reference volume max; SSIM = mean of 2-D slice SSIMs (7x7 uniform window); "
-               "NMSE = ||x - ref||^2 / ||ref||^2; masked: over the voxels inside the mask")
+CONVENTIONS = ("fastMRI: data range = reference volume max (max - min for a signed reference); "
+               "SSIM = mean of 2-D slice SSIMs (7x7 uniform window); NMSE = ||x - ref||^2 / ||ref||^2; "
+               "masked: over the voxels inside the mask")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -81,14 +82,17 @@ def run(args: argparse.Namespace) -> int:
 
     from medinvert.errors import MedinvertError
     from medinvert.io import load_volume
+    from medinvert.metrics import default_data_range
     from medinvert.report import json_safe, report_json_text
 
     recon = load_volume(args.recon)
     reference = load_volume(args.reference)
     mask = load_volume(args.mask) if args.mask is not None else None
-    if not float(np.max(np.asarray(reference))) > 0:
+    if not default_data_range(reference) > 0:
         raise MedinvertError("has no positive voxel, so the fastMRI data range (its maximum) is undefined",
                              path=args.reference)
+    if mask is not None and not bool(np.any(np.asarray(mask) != 0)):
+        raise MedinvertError("mask is empty (no non-zero voxel): nothing to evaluate", path=args.mask)
     for other, path in ((reference, args.reference), (mask, args.mask)):
         if other is not None and tuple(other.shape) != tuple(recon.shape):
             raise MedinvertError(f"shape {tuple(other.shape)} differs from the reconstruction's {tuple(recon.shape)} "

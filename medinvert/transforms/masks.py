@@ -10,7 +10,10 @@ conventions follow fastMRI (Zbontar et al. 2018, arXiv:1811.08839) and MONAI's
 ``RandomKspaceMask`` / ``EquispacedKspaceMask``:
 
 * ``n_c = round(W * center_fraction)`` centre columns are always sampled, starting at column
-  ``(W - n_c + 1) // 2`` (so the zero frequency ``W // 2`` lies inside for odd and even ``W``);
+  ``(W - n_c + 1) // 2`` (so the zero frequency ``W // 2`` lies inside for odd and even ``W``); where
+  that rounds to 0 (``W < 0.5 / center_fraction``: at most 12 columns at 8x / 0.04) the zero-frequency
+  column is sampled anyway -- without it a volume's mean intensity is lost (fastMRI and MONAI sample
+  no centre there);
 * random: each other column is sampled with probability
   ``p = (W / acceleration - n_c) / (W - n_c)``, so ``W / acceleration`` columns are expected;
 * equispaced: columns ``round(offset + k * a)`` for ``k = 0, 1, ...`` below ``W - 1`` with the
@@ -71,17 +74,17 @@ def _line_center_count(width: int, acceleration: float, center_fraction: float) 
     """Validate a line-mask setting for ``width`` columns; return the number of centre columns."""
     _check_acceleration(acceleration, center_fraction)
     n_center = int(round(width * center_fraction))
-    if acceleration > 1 and n_center >= width / acceleration:
+    if acceleration > 1 and n_center >= width / acceleration and n_center > 1:
         raise MedinvertError(f"center fraction {center_fraction} is too large for acceleration {acceleration}: "
                              f"the fully sampled centre ({n_center} of {width} lines) already reaches "
                              f"1/{acceleration} of the lines")
-    return n_center
+    return max(1, n_center)
 
 
 def center_columns(width: int, center_fraction: float) -> tuple[int, int]:
-    """``(start, count)`` of the fully sampled centre columns: ``count = round(width * center_fraction)``,
-    ``start = (width - count + 1) // 2``."""
-    count = int(round(width * center_fraction))
+    """``(start, count)`` of the fully sampled centre columns: ``count = round(width * center_fraction)``
+    but at least 1 (the zero frequency), ``start = (width - count + 1) // 2``."""
+    count = max(1, int(round(width * center_fraction)))
     return (width - count + 1) // 2, count
 
 
@@ -112,7 +115,7 @@ def random_line_mask(shape: Sequence[int], acceleration: float, center_fraction:
         count = min(len(others), max(0, int(round(w / acceleration)) - n_center))
         columns[rng.choice(others, size=count, replace=False)] = True
     else:
-        prob = (w / acceleration - n_center) / (w - n_center)
+        prob = (w / acceleration - n_center) / (w - n_center) if w > n_center else 0.0
         columns = rng.uniform(size=w) < prob
     columns[start:start + n_center] = True
     return _columns_to_mask(columns, (h, w))
@@ -129,10 +132,11 @@ def equispaced_line_mask(shape: Sequence[int], acceleration: float, center_fract
     start, _ = center_columns(w, center_fraction)
     columns = np.zeros(w, dtype=bool)
     columns[start:start + n_center] = True
-    spacing = acceleration * (n_center - w) / (n_center * acceleration - w)
-    offset = rng.randint(0, max(1, round(spacing)))
-    picks = np.around(np.arange(offset, w - 1, spacing)).astype(np.int64)
-    columns[picks] = True
+    if n_center * acceleration < w:  # else the centre alone is the line budget (tiny matrices)
+        spacing = acceleration * (n_center - w) / (n_center * acceleration - w)
+        offset = rng.randint(0, max(1, round(spacing)))
+        picks = np.around(np.arange(offset, w - 1, spacing)).astype(np.int64)
+        columns[picks] = True
     return _columns_to_mask(columns, (h, w))
 
 
