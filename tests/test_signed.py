@@ -155,3 +155,15 @@ def test_evaluate_names_an_empty_mask(tmp_path, capsys):
                  "--mask", str(tmp_path / "mask.nii.gz")])
     stderr = capsys.readouterr().err
     assert code == 2 and "mask.nii.gz" in stderr and "empty" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_html_report_says_when_the_map_was_applied(tmp_path):
+    """The HTML summary names the intensity map of a signed volume, and only then."""
+    from medinvert.report.html import render_html_report
+
+    model = write_tiny_model(tmp_path / "tiny.pt")
+    settings = {"model": str(model), "corruption": "kspace:4", "steps": 2, "checks": "none"}
+    for data, expected in ((phantom(), False), (_zscored(phantom()), True)):
+        result = reconstruct_volume(_volume(data), **settings)
+        page = render_html_report(result.report, observation=result.observation, reconstruction=result.volume)
+        assert ("signed intensities" in page) == expected

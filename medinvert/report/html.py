@@ -189,6 +189,12 @@ def _summary(report: dict[str, Any]) -> str:
         if settings.get("guess") == "cs_tv":
             items.append(("guess", "CS-TV reconstruction of the measurement, refined by the network "
                                    "(medinvert.guess)"))
+        intensity_map = settings.get("intensity_map") or {}
+        if intensity_map.get("offset", 0.0) != 0.0 or intensity_map.get("sign", 1) != 1:
+            sign = "-" if intensity_map["sign"] < 0 else ""
+            items.append(("signed intensities", html.escape(
+                f"reconstructed as {sign}(x - ({float(intensity_map['offset']):.4g})) and mapped back: "
+                f"{intensity_map.get('rule')} (medinvert.signed)")))
     metrics = report.get("metrics")
     if isinstance(metrics, dict):
         zf = metrics.get("zero_filled") or {}
