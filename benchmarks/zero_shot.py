@@ -126,12 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     gains: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        volumes = nibabel_volumes(work) if args.volumes is None else {path.name: path for path in args.volumes}
-        for name, path in volumes.items():
+        volumes = nibabel_volumes(work) if args.volumes is None else {str(path): path for path in args.volumes}
+        for index, (name, path) in enumerate(volumes.items()):
             reference = torch.as_tensor(np.asarray(load_volume(path)), dtype=torch.float32)
             for acceleration in args.accelerations:
                 for seed in args.seeds:
-                    case = work / f"{path.name.split('.')[0]}_{acceleration}x_seed{seed}"
+                    case = work / f"{index}_{path.name.split('.')[0]}_{acceleration}x_seed{seed}"
                     z, c, o, identical = evaluate_case(path, acceleration, seed, case, args, reference)
                     gains.setdefault((name, acceleration), []).append(o[0] - c[0])
                     print(f"| {name} | {acceleration}x | {seed} | {z[0]:.2f} / {z[1]:.3f} | {c[0]:.2f} / {c[1]:.3f} | "

@@ -80,8 +80,8 @@ def default_data_range(ref: Any) -> float:
 def _data_range(ref: np.ndarray, data_range: float | None) -> float:
     value = default_data_range(ref) if data_range is None else float(data_range)
     if not value > 0 or not math.isfinite(value):
-        raise MedinvertError(f"data range must be positive and finite (got {value}; the reference maximum is used "
-                             "by default)")
+        raise MedinvertError(f"data range must be positive and finite (got {value}; the reference maximum, or "
+                             "max - min for a signed reference, is used by default)")
     return value
 
 
@@ -97,7 +97,7 @@ def nmse(x: Any, ref: Any, *, mask: Any = None) -> float:
 
 
 def psnr(x: Any, ref: Any, data_range: float | None = None, *, mask: Any = None) -> float:
-    """PSNR in dB, ``10 log10(data_range^2 / mse)``; ``data_range`` defaults to ``ref.max()`` (volume).
+    """PSNR in dB, ``10 log10(data_range^2 / mse)``; ``data_range`` defaults to `default_data_range` (volume).
 
     With ``mask`` the MSE is taken over the voxels inside the mask only.  Returns ``inf`` when the
     (masked) MSE is zero.
@@ -178,7 +178,7 @@ def ssim(x: Any, ref: Any, data_range: float | None = None, *, mode: str = "slic
 
     ``mode="slice"``: mean over slices of each slice's border-cropped mean SSIM (fastMRI).
     ``mode="3d"``: border-cropped mean of the 3D SSIM map.  With ``mask``: mean of the uncropped map
-    over the voxels inside the mask.  ``data_range`` defaults to ``ref.max()`` of the whole volume.
+    over the voxels inside the mask.  ``data_range`` defaults to `default_data_range` of the whole volume.
     """
     values = ssim_map(x, ref, data_range, mode=mode, win_size=win_size, gaussian=gaussian)
     if mask is not None:
@@ -196,7 +196,7 @@ def per_slice_metrics(x: Any, ref: Any, data_range: float | None = None, *, per_
                       win_size: int = 7) -> dict[str, list[float]]:
     """PSNR, SSIM (2D) and NMSE of every slice along axis 2 -> ``{"psnr": [...], "ssim": [...], "nmse": [...]}``.
 
-    ``data_range`` defaults to the reference *volume* maximum (fastMRI), or each reference slice's own
+    ``data_range`` defaults to the reference *volume*'s `default_data_range` (fastMRI), or each reference slice's own
     maximum with ``per_slice_range=True``.  A slice identical to its reference has PSNR ``inf``; a
     slice whose reference is all zero has NMSE ``nan`` (and, with ``per_slice_range``, PSNR / SSIM ``nan``);
     slices smaller than the SSIM window have SSIM ``nan`` (`ssim_defined`).

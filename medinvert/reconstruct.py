@@ -259,7 +259,10 @@ def reconstruct_volume(
             mean) or ``"noise"`` (seeded posterior sample); `medinvert.engine`, step 3.
         checks: ``"fast"``, ``"full"`` or ``"none"`` (reproducibility / round-trip / sensitivity /
             withheld-line validation, on one batch of slices, on all of them, or not at all).
-        return_latent: also invert the output exactly (one more pass) into ``result.latent``.
+        return_latent: also invert the output exactly (one more pass) into ``result.latent``.  For a
+            signed volume this is the latent of the image the network reconstructed, ``s (x - c)``
+            (``report["settings"]["intensity_map"]``): `generate` gives that image back bit for bit, and
+            ``sign * image + offset`` is the output.
         threads: intra-op threads (default `medinvert.determinism.default_threads`).
         name: the volume's name, which seeds a simulated corruption (as ``medinvert corrupt`` names each
             volume by its output stem; default: the file name in the volume's metadata) and the seeds
@@ -355,7 +358,10 @@ def reconstruct_volume(
     latent = None
     if return_latent:
         with deterministic(threads):
-            latent = invert(result_volume, resolved, method="exact", steps=steps, condition=mapped,
+            # the network's own image: for a signed volume the mapped one (`medinvert.signed`)
+            network_volume = (result_volume if intensity_map.identity
+                              else make_meta_tensor(run.volume.numpy(), observation.affine.numpy(), meta))
+            latent = invert(network_volume, resolved, method="exact", steps=steps, condition=mapped,
                             batch_size=batch_size, threads=threads)
 
     if ref_t is not None:
@@ -391,7 +397,8 @@ def _reference_metrics(volume: torch.Tensor, zero_filled: torch.Tensor, referenc
 
     if bool(torch.isfinite(reference).all()) and not default_data_range(reference) > 0:
         return {"psnr": None, "ssim": None, "nmse": None,
-                "reason": "the reference has no data range (no positive voxel), so PSNR / SSIM / NMSE are undefined"}
+                "reason": "the reference has no positive voxel (and, if signed, no spread), so its data range and "
+                          "PSNR / SSIM / NMSE are undefined"}
     has_ssim = ssim_defined(tuple(reference.shape))
     return {
         "psnr": psnr(volume, reference), "ssim": ssim(volume, reference) if has_ssim else None,

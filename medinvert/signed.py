@@ -6,7 +6,7 @@ central slices of the held-out sample, z-scored, came out at 22.4 dB (SSIM 0.39)
 map below at 35.3 dB (SSIM 0.97), as good as the same slices in scanner units (docs/benchmarks.md,
 session 9).
 
-Every corruption is linear, so an intensity map ``x' = s (x - c)`` (offset ``c``, sign ``s = +-1``)
+Every corruption is linear (Rician noise aside, see below), so an intensity map ``x' = s (x - c)`` (offset ``c``, sign ``s = +-1``)
 moves into the measurement exactly::
 
     A x' = s (A x - c A 1) = s (y - c A 1)
@@ -17,30 +17,42 @@ blur the blurred constant.  `reconstruct_volume` reconstructs ``x'`` from ``y'``
 engine and returns ``x = s x' + c``; data consistency, its report and the reference metrics are in the
 volume's own units.
 
-Choosing the map from the measurement only (the adjoint image ``A^H y``, over the measured pixels):
+Choosing the map from the measurement only, on ``a = A^H y / A^H A 1`` (the adjoint image corrected
+for the operator's gain: 1 for k-space and noise, the kept pixels for masks, the border fall-off of
+zero-padded blur) over the pixels where ``A^H A 1 > 1/2``:
 
 1. A magnitude volume is left alone (``c = 0``, ``s = +1``) unless its *negative fraction*
-   ``sum(max(-a, 0)) / sum(|a|)`` is at least `medinvert.intensity.SIGNED_FRACTION` (0.2).  A z-scored image has mean zero, so
-   its fraction is 0.5; the aliasing of undersampled magnitude images gives 0.007-0.036 (sample T1,
-   nibabel's EPI and ``anatomical.nii`` at 4x-16x).
-2. Air: the median ``b`` of the voxels on the in-plane border of every slice (the edge of a field of
+   ``sum(max(-a', 0)) / sum(|a|)`` is at least `medinvert.intensity.SIGNED_FRACTION` (0.2), where
+   ``a'`` is ``a`` with values within `NOISE_FLOOR` noise stds of zero shrunk to zero (the Gaussian
+   noise of a magnitude image's air is not a sign: unshrunk, a mostly-air volume at SNR 2 reads
+   0.25-0.4).  A
+   z-scored image has mean zero, so its fraction is 0.5; the aliasing of undersampled magnitude images
+   gives 0.007-0.036 (sample T1, nibabel's EPI and ``anatomical.nii`` at 4x-16x).
+2. Air: the median ``b`` of the pixels on the in-plane border of every slice (the edge of a field of
    view is air in almost every MR image).  If ``b`` is the *dark* end of the image (at most
-   `DARKER_LIMIT` of the voxels lie more than `NEAR_FRACTION` of the 0.5-99.5 percentile span below
-   it, and at least `DARKER_LIMIT` lie within that distance of it), then ``c = b, s = +1``; if it is
-   the bright end by the same test on ``-a`` (a negated image), ``c = b, s = -1``.
+   `DARKER_LIMIT` of the pixels lie more than ``near`` below it, and at least `DARKER_LIMIT` lie within
+   ``near`` of it; ``near`` = `NEAR_FRACTION` of the 0.5-99.5 percentile span, or the noise floor if
+   wider), then ``c = b, s = +1``; if it is the bright end by the same test on ``-a`` (a negated
+   image), ``c = b, s = -1``.
 3. No air at the border (a crop that is all tissue): ``c`` = the 0.5th percentile, ``s = +1`` -- the
    darkest tissue maps to zero.  The true offset is not recoverable from a z-scored crop.
+
+With noise, the mapped observation's noise level relative to its foreground (a descriptor entry the
+network is conditioned on) is recomputed for the mapped image.  Rician noise is not linear: a Rician
+measurement is a magnitude (non-negative) image and is left alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from medinvert.intensity import is_signed
+from medinvert.intensity import SIGNED_FRACTION
 from medinvert.operators import Observation
+from medinvert.operators.descriptor import make_descriptor
+from medinvert.transforms.base import foreground_mean
 
 __all__ = ["IntensityMap", "corrupted_image", "estimate_intensity_map", "map_observation"]
 
@@ -48,6 +60,8 @@ __all__ = ["IntensityMap", "corrupted_image", "estimate_intensity_map", "map_obs
 NEAR_FRACTION = 0.05
 #: air test of step 2: at most this fraction of voxels darker than the air, at least this fraction near it
 DARKER_LIMIT = 0.1
+#: noisy measurements: values within this many noise stds of zero carry no sign, and air is that wide
+NOISE_FLOOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -74,34 +88,76 @@ class IntensityMap:
 
 
 def _border_values(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Values of the measured voxels on the in-plane border of every slice of ``image (X, Y, Z)``."""
+    """Values of the valid voxels on the in-plane border of every slice of ``image (X, Y, Z)``."""
     edge = np.zeros(image.shape[:2], dtype=bool)
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
     on_border = edge[:, :, None] & valid
     return image[on_border]
 
 
-def _is_dark_end(values: np.ndarray, level: float, span: float) -> bool:
-    near = NEAR_FRACTION * span
+def _is_dark_end(values: np.ndarray, level: float, near: float) -> bool:
     return (float(np.mean(values < level - near)) <= DARKER_LIMIT
             and float(np.mean(np.abs(values - level) <= near)) >= DARKER_LIMIT)
 
 
-def estimate_intensity_map(observation: Observation) -> IntensityMap:
-    """The map of the module docstring, from ``observation.adjoint`` (over the kept pixels for masks)."""
+def _estimation_image(observation: Observation) -> tuple[np.ndarray, np.ndarray]:
+    """``A^H y / A^H A 1`` ``(X, Y, Z)`` and where it is defined (``A^H A 1 > 1/2``).
+
+    Where the image is a constant ``c`` over the operator's reach, this is ``c`` exactly: for k-space
+    ``A^H A 1 = 1`` (the zero frequency is always measured), for masks it is the mask (the holes are
+    left out), for noise 1, and for zero-padded blur it falls towards the border of the slices, where
+    ``A^H y`` alone would read the air at about half its level.
+    """
+    gain = _operator_gain(observation)
+    valid = gain > 0.5
     image = observation.adjoint.numpy().astype(np.float64)
-    valid = observation.mask.numpy() if observation.kind == "mask" else np.ones(image.shape, dtype=bool)
+    return np.where(valid, image / np.where(valid, gain, 1.0), 0.0), valid
+
+
+def _negative_mass(shrunk: np.ndarray, values: np.ndarray) -> float:
+    """``sum(max(-shrunk, 0)) / sum(|values|)``: the negative fraction of step 1 (equal to
+    `medinvert.intensity.negative_fraction` for noiseless data), with the noise's share of the total
+    kept in the denominator -- pure noise shrinks to a few symmetric outliers, which alone would read 0.5."""
+    total = float(np.abs(values).sum())
+    return float(np.clip(-shrunk, 0.0, None).sum()) / total if total > 0 else 0.0
+
+
+def _operator_gain(observation: Observation) -> np.ndarray:
+    """``A^H A 1`` as a float64 ``(X, Y, Z)`` array (closed forms where there is one)."""
+    shape = observation.shape
+    if observation.kind == "kspace":  # F^H M F 1 = 1 where the slice's zero frequency is measured, else 0
+        measured = observation.mask[shape[0] // 2, shape[1] // 2, :].numpy()
+        return np.broadcast_to(measured.astype(np.float64), shape)
+    if observation.kind == "mask":
+        return observation.mask.numpy().astype(np.float64)
+    if observation.kind == "noise":
+        return np.ones(shape)
+    operator = observation.operator()
+    ones = torch.ones(tuple(observation.y.shape), dtype=torch.float64)
+    gain = operator.adjoint(operator.forward(ones))
+    return (gain.real if gain.is_complex() else gain).permute(1, 2, 0).numpy()
+
+
+def _shrink(values: np.ndarray, floor: float) -> np.ndarray:
+    """Soft threshold: ``sign(v) max(|v| - floor, 0)`` (the noise of a magnitude image's air is not a sign)."""
+    return np.sign(values) * np.clip(np.abs(values) - floor, 0.0, None)
+
+
+def estimate_intensity_map(observation: Observation) -> IntensityMap:
+    """The map of the module docstring, from ``A^H y / A^H A 1`` over the pixels where it is defined."""
+    image, valid = _estimation_image(observation)
     values = image[valid]
-    if values.size == 0 or not is_signed(values):
+    floor = NOISE_FLOOR * float(observation.params.get("sigma") or 0.0)
+    if values.size == 0 or _negative_mass(_shrink(values, floor), values) < SIGNED_FRACTION:
         return IntensityMap()
     low, high = np.percentile(values, [0.5, 99.5])
-    span = float(high - low)
+    near = max(NEAR_FRACTION * float(high - low), floor)
     border = _border_values(image, valid)
-    if span > 0 and border.size:
+    if near > 0 and border.size:
         air = float(np.median(border))
-        if _is_dark_end(values, air, span):
+        if _is_dark_end(values, air, near):
             return IntensityMap(air, 1, "signed image: the air at the border of the slices maps to zero")
-        if _is_dark_end(-values, -air, span):
+        if _is_dark_end(-values, -air, near):
             return IntensityMap(air, -1, "negated image: the air at the border maps to zero, the sign flips")
     return IntensityMap(float(low), 1, "signed image without air at the border: the 0.5th percentile maps to zero")
 
@@ -113,7 +169,14 @@ def map_observation(observation: Observation, intensity_map: IntensityMap) -> Ob
     y = observation.y.to(torch.complex128 if observation.y.is_complex() else torch.float64)
     constant = observation.operator().forward(torch.ones(tuple(y.shape), dtype=torch.float64)).to(y.dtype)
     mapped = (float(intensity_map.sign) * (y - float(intensity_map.offset) * constant)).to(observation.y.dtype)
-    return observation.with_measurement(mapped)
+    moved = observation.with_measurement(mapped)
+    sigma = float(observation.params.get("sigma") or 0.0)
+    if sigma > 0:  # the noise level relative to the foreground (descriptor slot) is that of the mapped image
+        foreground = foreground_mean(moved.adjoint)
+        params = {**moved.params, "foreground_mean": foreground, "sigma_rel": sigma / foreground if foreground > 0 else 0.0,
+                  "snr": foreground / sigma if foreground > 0 else None}
+        moved = replace(moved, params=params, descriptor=make_descriptor(moved.kind, params))
+    return moved
 
 
 def corrupted_image(observation: Observation, intensity_map: IntensityMap | None = None) -> torch.Tensor:

@@ -162,8 +162,8 @@ def test_an_interrupted_run_that_produced_nothing_leaves_no_folder(capsys, tmp_p
 
 
 def test_sigterm_is_handled_like_ctrl_c(capsys, tmp_path, model, monkeypatch):
-    """``kill`` / ``timeout`` (SIGTERM) during a run: "interrupted", exit 130, no folder left behind
-    (it used to end the process on the spot, leaving an empty --out folder)."""
+    """``kill`` / ``timeout`` (SIGTERM) during a run: "terminated", exit 143, no folder left behind (it
+    used to end the process on the spot, leaving an empty --out folder); the handler is restored."""
     import os
     import signal
     import time
@@ -183,7 +183,8 @@ def test_sigterm_is_handled_like_ctrl_c(capsys, tmp_path, model, monkeypatch):
                                tmp_path / "out", *FAST)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert code == 130 and "interrupted" in stderr and not (tmp_path / "out").exists()
+    assert code == 143 and "terminated" in stderr and not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_both_routes_seed_each_volume_by_its_own_name(capsys, tmp_path, model, monkeypatch):

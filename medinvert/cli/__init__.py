@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from medinvert.errors import MedinvertError, as_user_error
 
@@ -64,15 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _terminate_as_interrupt()
     try:
         try:
-            return int(args._run(args) or 0)
+            with _terminate_as_interrupt():
+                return int(args._run(args) or 0)
         except OSError as exc:  # the file system refused (permissions, full disk): the user's to fix
             raise as_user_error(exc) from None
     except MedinvertError as exc:
         print(f"medinvert {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"medinvert {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"medinvert {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -84,18 +90,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _terminate_as_interrupt() -> None:
-    """Handle SIGTERM (``kill``, ``timeout``, a batch scheduler, torchrun stopping its workers) like
-    Ctrl-C: the KeyboardInterrupt unwinds through the atomic writers, which remove their temporary
-    files, and the command ends with "interrupted" and exit code 130 instead of dying mid-write."""
-    import signal
-    import threading
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: unwinds like Ctrl-C (a KeyboardInterrupt), reported with exit code 143."""
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, handle SIGTERM (``kill``, ``timeout``, a batch scheduler) like Ctrl-C: the
+    `Terminated` interrupt unwinds through the atomic writers, which remove their temporary files, and
+    the command ends with "terminated" and exit code 143 instead of dying mid-write.  The previous
+    handler is restored afterwards.  Not installed off the main thread, nor in a worker of a
+    multi-process launch: a worker blocked in a collective cannot run a Python handler, and its
+    launcher stops it anyway."""
+    if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_process(code: int) -> None:

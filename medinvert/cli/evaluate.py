@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     reference = load_volume(args.reference)
     mask = load_volume(args.mask) if args.mask is not None else None
     if not default_data_range(reference) > 0:
-        raise MedinvertError("has no positive voxel, so the fastMRI data range (its maximum) is undefined",
+        raise MedinvertError("has no positive voxel (and, if signed, no spread), so its data range is undefined",
                              path=args.reference)
     if mask is not None and not bool(np.any(np.asarray(mask) != 0)):
         raise MedinvertError("mask is empty (no non-zero voxel): nothing to evaluate", path=args.mask)
