@@ -148,7 +148,8 @@ def estimate_intensity_map(observation: Observation) -> IntensityMap:
     image, valid = _estimation_image(observation)
     values = image[valid]
     floor = NOISE_FLOOR * float(observation.params.get("sigma") or 0.0)
-    if values.size == 0 or _negative_mass(_shrink(values, floor), values) < SIGNED_FRACTION:
+    shrunk = _shrink(values, floor) if floor > 0 else values
+    if values.size == 0 or _negative_mass(shrunk, values) < SIGNED_FRACTION:
         return IntensityMap()
     low, high = np.percentile(values, [0.5, 99.5])
     near = max(NEAR_FRACTION * float(high - low), floor)
