@@ -215,3 +215,17 @@ def test_latent_of_a_signed_volume_is_that_of_the_mapped_image(tmp_path):
     network_image = generate(result.latent, str(model)).as_tensor()
     assert not torch.allclose(network_image, result.volume.as_tensor())  # the mapped image, not the output
     assert torch.equal(intensity_map.restore(network_image), result.volume.as_tensor())
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_air_on_only_part_of_the_border_is_found(sign):
+    """A head that runs off three edges of the field of view: the border is mostly tissue (a third of it
+    air), and the air is its darkest cluster (a plain border median would read tissue)."""
+    data = phantom((40, 36, 3))[8:, 10:-10]
+    zscored = sign * _zscored(data)
+    border = np.concatenate([zscored[0].ravel(), zscored[-1].ravel(), zscored[:, 0].ravel(), zscored[:, -1].ravel()])
+    air = float(_zscored(data)[-1, 0, 0]) * sign
+    assert 0.2 < float(np.mean(border == air)) < 0.5
+    found = estimate_intensity_map(corrupt(_volume(zscored), "kspace", seed=1, acceleration=4, center_fraction=0.08))
+    assert found.sign == sign and "at the border" in found.rule, found
+    assert abs(found.offset - air) <= 0.01 * float(np.ptp(zscored))
