@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 
-from medinvert.intensity import SIGNED_FRACTION
+from medinvert.intensity import SIGNED_FRACTION, negative_fraction
 from medinvert.operators import Observation
 from medinvert.operators.descriptor import make_descriptor
 from medinvert.transforms.base import foreground_mean
@@ -88,6 +89,18 @@ class IntensityMap:
     def as_report(self) -> dict[str, object]:
         return {"offset": self.offset, "sign": self.sign, "rule": self.rule,
                 "what": "the network reconstructed sign * (x - offset); the output is mapped back"}
+
+    @classmethod
+    def from_report(cls, section: dict[str, Any] | None) -> "IntensityMap":
+        """The map a report's ``settings.intensity_map`` records (identity when absent: older reports)."""
+        if not section:
+            return cls()
+        return cls(float(section["offset"]), int(section["sign"]), str(section.get("rule", "")))
+
+    def describe(self) -> str:
+        """One line for notes and the HTML summary."""
+        sign = "-" if self.sign < 0 else ""
+        return f"reconstructed as {sign}(x - ({self.offset:.4g})) and mapped back ({self.rule})"
 
 
 def _border_values(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -134,7 +147,7 @@ def _negative_excess(values: np.ndarray, sigma: float) -> float:
     alone can contribute -- ``E[max(-(m + n), 0)] <= sigma / sqrt(2 pi)`` for any mean ``m >= 0``."""
     total = float(np.abs(values).sum())
     noise_share = values.size * sigma / math.sqrt(2.0 * math.pi)
-    return (float(np.clip(-values, 0.0, None).sum()) - noise_share) / total if total > 0 else 0.0
+    return negative_fraction(values) - (noise_share / total if total > 0 else 0.0)
 
 
 def _operator_gain(observation: Observation) -> np.ndarray:

@@ -241,3 +241,12 @@ def test_steps_other_than_the_trained_ones_get_a_note(capsys, tmp_path):
                                "--steps", str(steps), "--checks", "none")
         assert code == 0, stderr
         assert (f"was trained through {', '.join(map(str, trained))} sampling steps" in stderr) == noted, stderr
+
+
+def test_evaluate_names_an_empty_mask(tmp_path, capsys):
+    """An all-zero --mask is refused with one line naming the mask file."""
+    for name, volume in (("recon.nii.gz", phantom()), ("mask.nii.gz", np.zeros(phantom().shape, np.uint8))):
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / name)
+    code, _, stderr = _run(capsys, "evaluate", tmp_path / "recon.nii.gz", tmp_path / "recon.nii.gz",
+                           "--mask", tmp_path / "mask.nii.gz")
+    assert code == 2 and "mask.nii.gz" in stderr and "empty" in stderr and len(stderr.strip().splitlines()) == 1

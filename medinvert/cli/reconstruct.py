@@ -421,14 +421,13 @@ def _trained_steps_note(network: Any, steps: int | None) -> list[str]:
     return [f"the model was trained through {counts} sampling steps; --steps {steps} is likely to reconstruct worse"]
 
 
-def _intensity_map_note(intensity_map: dict[str, Any]) -> list[str]:
+def _intensity_map_note(section: dict[str, Any]) -> list[str]:
     """A note when the volume was reconstructed through a signed-intensity map (`medinvert.signed`):
     z-scored or negated volumes, which the models (trained on magnitude images) see shifted."""
-    if intensity_map["offset"] == 0.0 and intensity_map["sign"] == 1:
-        return []
-    sign = "-" if intensity_map["sign"] < 0 else ""
-    return [f"signed intensities: reconstructed as {sign}(x - ({intensity_map['offset']:.4g})) and mapped back "
-            f"({intensity_map['rule']})"]
+    from medinvert.signed import IntensityMap
+
+    intensity_map = IntensityMap.from_report(section)
+    return [] if intensity_map.identity else [f"signed intensities: {intensity_map.describe()}"]
 
 
 def _describe(row: dict[str, Any]) -> str:

@@ -171,6 +171,8 @@ def _bounds_table(report: dict[str, Any]) -> str:
 
 
 def _summary(report: dict[str, Any]) -> str:
+    from medinvert.signed import IntensityMap
+
     items: list[tuple[str, str]] = []
     source = _get(report, "input", "source")
     if source:
@@ -189,12 +191,9 @@ def _summary(report: dict[str, Any]) -> str:
         if settings.get("guess") == "cs_tv":
             items.append(("guess", "CS-TV reconstruction of the measurement, refined by the network "
                                    "(medinvert.guess)"))
-        intensity_map = settings.get("intensity_map") or {}
-        if intensity_map.get("offset", 0.0) != 0.0 or intensity_map.get("sign", 1) != 1:
-            sign = "-" if intensity_map["sign"] < 0 else ""
-            items.append(("signed intensities", html.escape(
-                f"reconstructed as {sign}(x - ({float(intensity_map['offset']):.4g})) and mapped back: "
-                f"{intensity_map.get('rule')} (medinvert.signed)")))
+        intensity_map = IntensityMap.from_report(settings.get("intensity_map"))
+        if not intensity_map.identity:
+            items.append(("signed intensities", html.escape(f"{intensity_map.describe()}, medinvert.signed")))
     metrics = report.get("metrics")
     if isinstance(metrics, dict):
         zf = metrics.get("zero_filled") or {}
@@ -223,10 +222,12 @@ def _summary(report: dict[str, Any]) -> str:
 def _figures(report: dict[str, Any], observation: Any, reconstruction: Any, reference: Any,
              slices: Sequence[int] | None) -> str:
     from medinvert.report import figures
-    from medinvert.signed import corrupted_image
+    from medinvert.signed import IntensityMap, corrupted_image
 
     parts = []
-    corrupted = corrupted_image(observation) if observation is not None else None
+    recorded = _get(report, "settings", "intensity_map")  # the map the reconstruction used; else estimate it
+    corrupted = (corrupted_image(observation, IntensityMap.from_report(recorded) if recorded else None)
+                 if observation is not None else None)
     if reconstruction is not None and corrupted is not None:
         rows = list(slices) if slices is not None else figures.representative_slices(
             reference if reference is not None else corrupted)

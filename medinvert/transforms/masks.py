@@ -73,12 +73,12 @@ def _check_acceleration(acceleration: float, center_fraction: float) -> None:
 def _line_center_count(width: int, acceleration: float, center_fraction: float) -> int:
     """Validate a line-mask setting for ``width`` columns; return the number of centre columns."""
     _check_acceleration(acceleration, center_fraction)
-    n_center = int(round(width * center_fraction))
-    if acceleration > 1 and n_center >= width / acceleration and n_center > 1:
+    _, n_center = center_columns(width, center_fraction)
+    if acceleration > 1 and n_center >= width / acceleration and n_center > 1:  # one line is always allowed
         raise MedinvertError(f"center fraction {center_fraction} is too large for acceleration {acceleration}: "
                              f"the fully sampled centre ({n_center} of {width} lines) already reaches "
                              f"1/{acceleration} of the lines")
-    return max(1, n_center)
+    return n_center
 
 
 def center_columns(width: int, center_fraction: float) -> tuple[int, int]:
