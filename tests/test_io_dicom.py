@@ -146,6 +146,71 @@ def test_multiframe_file_sorted_by_position(dicom_series, tmp_path: Path) -> Non
     assert np.allclose(volume.affine.numpy(), reference.affine.numpy(), atol=1e-9)
 
 
+def _transcode(source: Path, target: Path, syntax: str) -> None:
+    """Re-encode the pixel data of one DICOM file into transfer syntax ``syntax`` (a `gdcm.TransferSyntax`
+    name) with GDCM, keeping every other element: what a PACS export does.  (GDCM's own writer would also
+    turn the file into an Enhanced MR object, so only its encapsulated pixel data are taken.)"""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read(), source
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change(), syntax
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write(), target
+    encoded = pydicom.dcmread(target)
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = encoded.file_meta.TransferSyntaxUID
+    ds.PixelData = encoded.PixelData
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(target, enforce_file_format=True)
+
+
+#: lossless encodings of PACS exports: JPEG Lossless SV1 (1.2.840.10008.1.2.4.70, the most common),
+#: JPEG-LS, JPEG 2000 and RLE; decoded by GDCM (a dependency) or Pillow through pydicom's plugins
+LOSSLESS_SYNTAXES = {
+    "JPEGLosslessProcess14_1": "1.2.840.10008.1.2.4.70",
+    "JPEGLSLossless": "1.2.840.10008.1.2.4.80",
+    "JPEG2000Lossless": "1.2.840.10008.1.2.4.90",
+    "RLELossless": "1.2.840.10008.1.2.5",
+}
+
+
+@pytest.mark.parametrize("syntax", sorted(LOSSLESS_SYNTAXES))
+def test_losslessly_compressed_series_loads_like_the_original(dicom_series, tmp_path: Path, syntax: str) -> None:
+    compressed = tmp_path / "compressed"
+    compressed.mkdir()
+    for path in dicom_series.files:
+        _transcode(path, compressed / path.name, syntax)
+    assert pydicom.dcmread(compressed / dicom_series.files[0].name).file_meta.TransferSyntaxUID == LOSSLESS_SYNTAXES[syntax]
+    volume, original = load_volume(compressed), load_volume(dicom_series.folder)
+    assert np.array_equal(volume.numpy(), dicom_series.expected_volume)
+    assert np.array_equal(volume.affine.numpy(), original.affine.numpy())
+
+
+def test_undecodable_compression_names_file_and_syntax(dicom_series, tmp_path: Path) -> None:
+    """12-bit lossy JPEG (Extended, process 2/4) has no decoder among the dependencies: one line naming
+    the file and the transfer syntax, never a traceback."""
+    from pydicom.data import get_testdata_file
+
+    path = tmp_path / "jpeg_extended.dcm"
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))  # pydicom's test image, given a geometry
+    ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 0], [1, 0, 0, 0, 1, 0], [1, 1]
+    ds.save_as(path)
+    with pytest.raises(MedinvertError) as info:
+        load_volume(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "cannot decode DICOM pixel data (transfer syntax JPEG Extended" in message
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 
