@@ -46,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--channels", default=None,
                    help="feature channels per UNet level, comma separated (default 32,64,128)")
+    p.add_argument("--blocks-per-level", type=int, default=None,
+                   help="residual blocks per UNet level in the encoder and the decoder (default 1); with --init "
+                        "from a shallower model the new blocks start as identities (same function, more capacity)")
+    p.add_argument("--mid-blocks", type=int, default=None, help="residual blocks at the coarsest level (default 1)")
     p.add_argument("--spectral-norm", action="store_true",
                    help="spectrally normalise every convolution / linear layer (opt-in: tighter Lipschitz bound, "
                         "~2 dB lower reconstruction PSNR; docs/benchmarks.md, ablation)")
@@ -75,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
             architecture["channels"] = [int(c) for c in args.channels.split(",")]
         except ValueError:
             raise MedinvertError(f"--channels must be comma-separated integers, got {args.channels!r}") from None
+    for key in ("blocks_per_level", "mid_blocks"):
+        value = getattr(args, key)
+        if value is not None:
+            if value < 1:
+                raise MedinvertError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+            architecture[key] = value
     if args.spectral_norm and args.no_spectral_norm:
         raise MedinvertError("give either --spectral-norm or --no-spectral-norm")
     if args.spectral_norm or args.no_spectral_norm:

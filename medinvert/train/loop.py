@@ -236,18 +236,28 @@ def _target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.
 def initial_state(initial: dict[str, Any], model: LipschitzUNet, path: str | Path) -> dict[str, torch.Tensor]:
     """Weights of the ``--init`` checkpoint ``initial`` (its EMA) for ``model``.
 
-    The architectures must match, except that a 2D checkpoint may start a 2.5D model of otherwise
-    equal architecture: the stem's input columns of the neighbours' conditioning images are zero, so
-    the 2.5D model starts as exactly the 2D one and learns to use the neighbours while fine-tuning.
+    The architectures must match, with two function-preserving exceptions (neither with spectral
+    normalisation, whose power iterations would rescale the copied weights):
+
+    * a 2D checkpoint may start a 2.5D model of otherwise equal architecture: the stem's input columns
+      of the neighbours' conditioning images are zero, so the 2.5D model starts as exactly the 2D one
+      and learns to use the neighbours while fine-tuning;
+    * a checkpoint may start a *deeper* model (more ``blocks_per_level`` / ``mid_blocks``,
+      `deepened_state`): the new residual blocks start as the identity.
     """
     source = initial.get("ema_state", initial["state_dict"])
     architecture = dict(initial["config"].get("architecture") or {})
     if architecture == model.config:
         return source
+    if model.config["spectral_norm"]:
+        raise MedinvertError("--init checkpoint has a different architecture (a spectrally normalised model "
+                             "cannot be widened or deepened)", path)
+    if _is_deeper(model.config, architecture):
+        return deepened_state(source, model)
     plain = {**model.config, "dim": "2d", "neighbours": 0}
-    if architecture != plain or model.config["spectral_norm"]:
-        raise MedinvertError("--init checkpoint has a different architecture (only 2d -> 2.5d without spectral "
-                             "normalisation can be widened)", path)
+    if architecture != plain:
+        raise MedinvertError("--init checkpoint has a different architecture (only 2d -> 2.5d and more blocks "
+                             "per level can start from it)", path)
     state = model.state_dict()
     widened = {}
     for name, value in state.items():
@@ -258,6 +268,40 @@ def initial_state(initial: dict[str, Any], model: LipschitzUNet, path: str | Pat
         else:
             widened[name] = old
     return widened
+
+
+_DEPTH_KEYS = ("blocks_per_level", "mid_blocks")
+
+
+def _is_deeper(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether ``new`` is ``old`` with at least as many blocks per level and at the coarsest level."""
+    same_otherwise = {k: v for k, v in new.items() if k not in _DEPTH_KEYS} == \
+        {k: v for k, v in old.items() if k not in _DEPTH_KEYS}
+    return same_otherwise and all(int(new[k]) >= int(old.get(k, 1)) for k in _DEPTH_KEYS)
+
+
+def deepened_state(source: dict[str, torch.Tensor], model: LipschitzUNet) -> dict[str, torch.Tensor]:
+    """``model``'s state with the blocks of the shallower ``source`` in place and the extra blocks as identities.
+
+    Block ``j`` of a level (``enc.i.j``, ``dec.i.j``, ``mid.j``) keeps its weights; every block that
+    ``source`` lacks keeps ``model``'s random ``conv1`` but gets a zero ``conv2`` (its FiLM starts at
+    zero anyway), so ``x + conv2(...) = x``: the deeper network computes exactly the source's function
+    and training grows the new blocks from there (function-preserving deepening, Net2DeeperNet of Chen
+    et al. 2016, with zero-initialised residual branches as in Bachlechner et al. 2020, ReZero).  Shapes ``(C, C, 3, 3)`` / ``(C,)`` are those of `medinvert.models.layers.ResidualBlock`.
+    """
+    state = model.state_dict()
+    deepened = {}
+    for name, value in state.items():
+        if name in source:
+            if source[name].shape != value.shape:
+                raise MedinvertError(f"--init weight {name} has shape {tuple(source[name].shape)}, the deeper model "
+                                     f"{tuple(value.shape)}")
+            deepened[name] = source[name]
+        elif ".conv2." in name:
+            deepened[name] = torch.zeros_like(value)
+        else:
+            deepened[name] = value
+    return deepened
 
 
 def replica_digest(model: torch.nn.Module) -> str:
