@@ -32,7 +32,8 @@ def _check_finite(volume: "MetaTensor", path: Path) -> None:
     n_nan = int(torch.isnan(data).sum())
     n_inf = int(torch.isinf(data).sum())
     raise MedinvertError(f"contains {n_nan} NaN and {n_inf} Inf voxels (of {data.numel()}); "
-                         "medinvert needs finite intensities", path=path)
+                         "medinvert needs finite intensities (a NaN background, as SPM writes outside its mask, "
+                         "can be set to 0 first, e.g. numpy.nan_to_num)", path=path)
 
 
 def load_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) -> "MetaTensor":
