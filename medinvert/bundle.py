@@ -20,6 +20,7 @@ moves the affine's origin itself.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -101,12 +102,15 @@ class LoadVolumed(MapTransform):
 
 
 class CentralSlabd(MapTransform):
-    """``d[key] = central_slab(d[key], slices)``: keep the central ``slices`` axial slices (None: all)."""
+    """``d[key] = central_slab(d[key], slices)``: keep the central ``slices`` axial slices (None or
+    ``"all"``: every slice; ``"all"`` because ``monai.bundle run`` drops a ``--slices None`` override)."""
 
-    def __init__(self, keys: KeysCollection, slices: int | None = None, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, slices: int | str | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
+        if slices == "all":
+            slices = None
         if slices is not None and (isinstance(slices, bool) or not isinstance(slices, int) or slices < 1):
-            raise MedinvertError(f"slices must be a positive integer or null, got {slices!r}")
+            raise MedinvertError(f"slices must be a positive integer, 'all' or null, got {slices!r}")
         self.slices = slices
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -125,6 +129,9 @@ class SeededCorruptiond(Transform):
     `medinvert.transforms.corrupt` / ``medinvert corrupt --seed`` seed it, so the bundle draws the same
     mask for a file as the CLI does, whatever the dataset order, and every slice shares one mask.  The
     observation's ``params`` get the same ``seed`` / ``name`` / ``random_seed`` entries as `corrupt`'s.
+    Each call seeds and runs its own copy of ``transform``, so concurrent calls (MONAI's ``CacheDataset``
+    with several workers treats this deterministic transform as cacheable and runs it in threads) cannot
+    draw one another's masks.
     """
 
     def __init__(self, transform: Any, seed: int = 0) -> None:
@@ -146,8 +153,9 @@ class SeededCorruptiond(Transform):
         source = meta.get("filename_or_obj")
         name = str(source) if source else None
         random_seed = seed_from_name(name, self.seed) if name else self.seed
-        self.transform.set_random_state(random_seed)
-        d = self.transform(data)
+        transform = copy.deepcopy(self.transform)  # a private copy: CacheDataset runs this in threads at once
+        transform.set_random_state(random_seed)
+        d = transform(data)
         extra = {"seed": self.seed, "name": volume_stem(name) if name else None, "random_seed": random_seed}
         for key in keys:
             out_key = f"{key}{self.transform.observation_suffix}"

@@ -42,6 +42,32 @@ def test_array_layouts_from_monai_and_nibabel_give_the_same_bytes(model):
     assert _bytes(reconstruct_volume(volume[None, ..., :1], str(model), **SETTINGS)) == one_slice  # (1, X, Y, 1)
 
 
+def test_big_endian_and_unsigned_arrays_read_like_their_native_values(model):
+    """``np.asarray(nibabel_image.dataobj)`` of a big-endian file keeps ``>i2``; pydicom's ``pixel_array`` is
+    often ``uint16``: both are the same numbers as a native int16 array, so the same output bytes."""
+    magnitude = np.abs(phantom((24, 20, 3)))
+    volume = np.round(magnitude / magnitude.max() * 3000).astype(np.int16)  # 0 .. 3000: fits every type
+    expected = _bytes(reconstruct_volume(volume, str(model), **SETTINGS))
+    variants = {"big-endian int16": volume.astype(">i2"), "uint16": volume.astype(np.uint16),
+                "uint32": volume.astype(np.uint32), "big-endian uint16": volume.astype(">u2"),
+                "torch uint16": torch.from_numpy(volume.astype(np.int32)).to(torch.uint16)}
+    for name, data in variants.items():
+        assert _bytes(reconstruct_volume(data, str(model), **SETTINGS)) == expected, name
+
+
+def test_a_channel_first_2d_image_from_monai_is_one_slice(model, make_nifti, tmp_path: Path):
+    """``LoadImage`` + ``EnsureChannelFirst`` on a 2-D NIfTI give ``(1, X, Y)``: the image, not 41 slices of 1 x 33."""
+    from monai.transforms import EnsureChannelFirst, LoadImage
+
+    image = phantom((33, 41, 1))[..., 0]
+    path = make_nifti(tmp_path / "single.nii.gz", image, np.eye(4))
+    loaded = EnsureChannelFirst()(LoadImage(image_only=True)(str(path)))
+    assert tuple(loaded.shape) == (1, 33, 41)
+    result = reconstruct_volume(loaded, str(model), **SETTINGS)
+    assert tuple(result.volume.shape) == (33, 41, 1)
+    assert _bytes(result) == _bytes(reconstruct_volume(image, str(model), name="single.nii.gz", **SETTINGS))
+
+
 def test_a_module_from_load_model_keeps_its_training_config(model):
     net, config = load_model(str(model))
     alone, by_path = resolve_network(net), resolve_network(str(model))

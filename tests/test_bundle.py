@@ -128,6 +128,93 @@ def test_seeded_corruption_matches_corrupt(oblique_nifti: Path) -> None:
         SeededCorruptiond(LoadVolumed("image"))
 
 
+def test_seeded_corruption_draws_each_volumes_own_mask_from_concurrent_threads(tmp_path: Path, make_nifti) -> None:
+    """MONAI's ``CacheDataset`` runs this (deterministic) transform in a thread pool: with one shared inner
+    transform, a call could draw with another volume's seed.  Every observation must be `corrupt`'s."""
+    import sys as system
+    from concurrent.futures import ThreadPoolExecutor
+
+    volumes = [load_volume(make_nifti(tmp_path / f"case{i:02d}.nii.gz", shape=(24, 20, 2))) for i in range(12)]
+    wrapper = SeededCorruptiond(RandKspaceUndersampled("image", acceleration=4.0, center_fraction=0.08), seed=0)
+    interval = system.getswitchinterval()
+    system.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            observations = list(pool.map(lambda v: wrapper({"image": v})["image_observation"], volumes * 3))
+    finally:
+        system.setswitchinterval(interval)
+    for volume, obs in zip(volumes * 3, observations):
+        expected = corrupt(volume, "kspace", seed=0, acceleration=4.0, center_fraction=0.08)
+        assert torch.equal(obs.mask, expected.mask) and obs.params == expected.params
+
+
+def test_a_channel_first_monai_pipeline_writes_every_output_with_the_files_codes(tmp_path: Path, make_nifti) -> None:
+    """``LoadImaged`` + ``EnsureChannelFirstd`` hand (1, X, Y, Z) MetaTensors along; the reports draw them
+    and the reconstruction keeps the file's qform / sform codes (2 / 2 here), which MONAI's reader keeps
+    in the meta data rather than as a NIfTI header."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from _recon_helpers import phantom, write_tiny_model
+    from medinvert.bundle import ReconstructVolumed, SaveReconstructiond
+
+    path = make_nifti(tmp_path / "scan.nii.gz", phantom((24, 20, 3)), qform_code=2, sform_code=2)
+    model = write_tiny_model(tmp_path / "tiny.pt")
+    pipeline = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
+                        SeededCorruptiond(RandKspaceUndersampled("image"), seed=0),
+                        ReconstructVolumed("image", model=str(model), steps=2, checks="none"),
+                        SaveReconstructiond("image", str(tmp_path / "out"))])
+    pipeline({"image": str(path)})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "scan_recon.nii.gz", "scan_report.html", "scan_report.json"]
+    header = nib.load(tmp_path / "out" / "scan_recon.nii.gz").header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (2, 2)
+    np.testing.assert_allclose(header.get_best_affine(), nib.load(path).affine, atol=1e-5)
+
+
+def test_outputs_of_a_failed_write_are_removed(tmp_path: Path, monkeypatch) -> None:
+    """A failure while writing the reports leaves no reconstruction without its reports behind."""
+    import medinvert.report.html as html
+    from medinvert import reconstruct_volume
+    from medinvert.report import output_paths, write_outputs
+
+    from _recon_helpers import phantom, write_tiny_model
+
+    result = reconstruct_volume(phantom((24, 20, 2)), str(write_tiny_model(tmp_path / "tiny.pt")),
+                                corruption="kspace:4", steps=2, checks="none", return_latent=False)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(html, "write_html_report", broken)
+    paths = output_paths(tmp_path / "out", "scan")
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(result, paths)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_observations_batch_with_monais_no_collation(tmp_path: Path, make_nifti) -> None:
+    """The documented way to batch observations in a DataLoader (they are not tensors)."""
+    from monai.data import DataLoader, Dataset
+    from monai.data.utils import no_collation
+    from monai.transforms import Compose
+
+    files = [make_nifti(tmp_path / f"case{i}.nii.gz", shape=(24, 20, 2)) for i in range(3)]
+    transform = Compose([LoadVolumed("image"), SeededCorruptiond(RandKspaceUndersampled("image"), seed=0)])
+    batches = list(DataLoader(Dataset([{"image": str(f)} for f in files], transform), batch_size=2,
+                              collate_fn=no_collation))
+    assert [len(batch) for batch in batches] == [2, 1]
+    for item, path in zip([item for batch in batches for item in batch], files):
+        expected = corrupt(load_volume(path), "kspace", seed=0)
+        assert torch.equal(item["image_observation"].mask, expected.mask)
+
+
+def test_central_slab_all_is_the_whole_volume() -> None:
+    """``monai.bundle run`` drops a ``--slices None`` override, so ``--slices all`` is the spelling."""
+    assert CentralSlabd("image", slices="all").slices is None
+    with pytest.raises(MedinvertError, match="'all' or null"):
+        CentralSlabd("image", slices="half")
+
+
 def _centred_fft2(x: np.ndarray) -> np.ndarray:
     """Orthonormal 2-D FFT over axes 0, 1 with the zero frequency in the centre (independent of torch)."""
     return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(0, 1)), axes=(0, 1), norm="ortho"), axes=(0, 1))

@@ -241,7 +241,10 @@ def test_invalid_parameters_raise(kind, params):
 
 def test_invalid_volumes_raise():
     with pytest.raises(MedinvertError, match="shape"):
-        medinvert.corrupt(torch.ones(8, 8), "noise", sigma=1)
+        medinvert.corrupt(torch.ones(8), "noise", sigma=1)
+    with pytest.raises(MedinvertError, match="shape"):
+        medinvert.corrupt(torch.ones(2, 8, 8, 2), "noise", sigma=1)  # two channels / frames
+    assert medinvert.corrupt(torch.ones(8, 8), "noise", sigma=1).shape == (8, 8, 1)  # an image: one slice
     bad = _phantom((8, 8, 2))
     bad[0, 0, 0] = float("nan")
     with pytest.raises(MedinvertError, match="NaN"):

@@ -167,6 +167,17 @@ def nifti_header(volume: Any) -> "nib.Nifti1Header | nib.Nifti2Header | None":
     return header_class(binaryblock=bytes(block), check=False)
 
 
+def _monai_codes(volume: Any) -> tuple[int, int] | None:
+    """``(qform_code, sform_code)`` that MONAI's ``NibabelReader`` copies into a MetaTensor's meta, or None."""
+    meta = getattr(volume, "meta", None)
+    if not isinstance(meta, dict) or "qform_code" not in meta or "sform_code" not in meta:
+        return None
+    try:
+        return int(np.asarray(meta["qform_code"]).reshape(())), int(np.asarray(meta["sform_code"]).reshape(()))
+    except (TypeError, ValueError):
+        return None
+
+
 def _as_numpy(volume: Any) -> np.ndarray:
     if hasattr(volume, "detach"):
         import torch
@@ -195,7 +206,8 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
 
     Affine: ``volume.affine`` when it has one, else ``reference.affine``, else the identity.
     Header: the original NIfTI header of ``volume`` (``meta["nifti_header"]``), else that of
-    ``reference``; its descriptive fields (units, intent, description) are kept, scaling and display
+    ``reference`` (without either, a new header whose qform / sform codes are those MONAI's
+    ``NibabelReader`` puts in the meta data, non-zero ones kept, else 1); its descriptive fields (units, intent, description) are kept, scaling and display
     range are reset because the data are new.  When the affine is unchanged from that header's own
     (``header.get_best_affine()``), the qform and sform fields and codes are kept verbatim, so a load ->
     save round trip reproduces them bit for bit (a header with both codes 0 stays so: its affine comes
@@ -233,9 +245,10 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
         header = nifti_header(reference)
 
     if header is None:
+        qcode, scode = _monai_codes(volume) or _monai_codes(reference) or (1, 1)
         image = nib.Nifti1Image(data, affine)
-        image.set_sform(affine, code=1)
-        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=scode if scode > 0 else (qcode if qcode > 0 else 1))
+        image.set_qform(affine, code=qcode if qcode > 0 else (scode if scode > 0 else 1))
         image.header.set_xyzt_units("mm", "sec")
     else:
         header.set_data_shape(data.shape)

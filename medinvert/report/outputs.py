@@ -9,7 +9,8 @@ For a volume with output stem ``<stem>`` (the input's name, `medinvert.io.volume
 * ``<stem>_report.json``   -- the JSON report (`medinvert.report.json_report`), written last.
 
 Every file is written atomically, so a volume is *finished* exactly when all of its files exist
-(`OutputPaths.complete`); an interrupted volume is redone on the next run.
+(`OutputPaths.complete`); an interrupted volume is redone on the next run.  When writing fails part way
+(an exception, Ctrl-C), the files this call had created are removed again.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def write_outputs(result: Any, paths: OutputPaths, *, reference: Any = None, sou
     Args:
         result: the result (``volume``, ``latent``, ``report``, ``observation``).
         paths: where to write; ``paths.latent`` needs ``result.latent``.
-        reference: the clean volume ``(X, Y, Z)`` drawn in the HTML report (metrics come from the report).
+        reference: the clean volume ``(X, Y, Z)`` (or channel-first ``(1, X, Y, Z)``) drawn in the HTML
+            report (metrics come from the report).
         source_volume: the loaded input volume, whose NIfTI header the reconstruction keeps.
         title: HTML page title.
 
@@ -65,18 +67,27 @@ def write_outputs(result: Any, paths: OutputPaths, *, reference: Any = None, sou
     from medinvert.io import save_volume
     from medinvert.report.html import write_html_report
     from medinvert.report.json_report import write_json_report
+    from medinvert.transforms.base import as_volume
 
     if paths.latent is not None and result.latent is None:
         raise MedinvertError("a latent output was requested but the reconstruction has no latent", path=paths.latent)
+    if reference is not None:  # a channel-first (1, X, Y, Z) reference of a MONAI pipeline is drawn as (X, Y, Z)
+        reference = as_volume(reference).data
     paths.recon.parent.mkdir(parents=True, exist_ok=True)
     report = dict(result.report)
     report["outputs"] = {"reconstruction": str(paths.recon), "report_json": str(paths.report_json),
                          "report_html": str(paths.report_html),
                          "latent": None if paths.latent is None else str(paths.latent)}
-    save_volume(result.volume, paths.recon, reference=source_volume)
-    if paths.latent is not None:
-        result.latent.save(paths.latent)
-    write_html_report(paths.report_html, report, observation=result.observation, reconstruction=result.volume,
-                      reference=reference, title=title)
-    write_json_report(paths.report_json, report)
+    new_files = [path for path in paths.files if not path.exists()]
+    try:
+        save_volume(result.volume, paths.recon, reference=source_volume)
+        if paths.latent is not None:
+            result.latent.save(paths.latent)
+        write_html_report(paths.report_html, report, observation=result.observation, reconstruction=result.volume,
+                          reference=reference, title=title)
+        write_json_report(paths.report_json, report)
+    except BaseException:  # no half set of outputs: remove the files this call created
+        for path in new_files:
+            path.unlink(missing_ok=True)
+        raise
     return report

@@ -42,9 +42,15 @@ class VolumeInput:
         self.data, self.affine, self.source = data, affine, source
 
 
+_REAL_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool, torch.uint16,
+                        torch.uint32, torch.uint64)
+
+
 def as_volume(img: Any) -> VolumeInput:
     """Check and unpack a volume (MetaTensor, tensor or array) of shape ``(X, Y, Z)``; trailing singleton
-    axes ``(X, Y, Z, 1)`` and a leading channel ``(1, X, Y, Z)`` are dropped.
+    axes ``(X, Y, Z, 1)`` and a leading channel ``(1, X, Y, Z)`` are dropped, and a 2-D image ``(X, Y)``
+    becomes ``(X, Y, 1)``.  A MetaTensor whose ``meta["spatial_shape"]`` is one axis shorter than the
+    data (MONAI's ``EnsureChannelFirst``) has its channel dropped, so ``(1, X, Y)`` is the image ``(X, Y)``.
 
     Raises `MedinvertError` (naming the source file when known) for a wrong number of dimensions,
     complex or non-numeric data, or NaN / Inf voxels.
@@ -60,13 +66,16 @@ def as_volume(img: Any) -> VolumeInput:
         data = as_plain_tensor(img).detach().cpu()
     except (TypeError, ValueError) as exc:
         raise MedinvertError(f"not an image array ({exc})", path=source) from None
-    if data.is_complex() or not (data.dtype.is_floating_point or data.dtype in
-                                 (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)):
+    if data.is_complex() or not (data.dtype.is_floating_point or data.dtype in _REAL_INTEGER_DTYPES):
         raise MedinvertError(f"volume must hold real numbers, got {data.dtype}", path=source)
-    if data.ndim == 4 and data.shape[0] == 1:  # channel first, as after MONAI's EnsureChannelFirst
+    spatial = meta.get("spatial_shape")
+    channel_first = spatial is not None and data.ndim == len(spatial) + 1  # a MetaTensor after EnsureChannelFirst
+    if (channel_first or data.ndim == 4) and data.shape[0] == 1:
         data = data[0]
     while data.ndim > 3 and data.shape[-1] == 1:  # (X, Y, Z, 1, ...): a 4-D file's singleton axes
         data = data[..., 0]
+    if data.ndim == 2:  # one image: a volume of one slice, as `medinvert.io.load_volume` reads a 2-D file
+        data = data[:, :, None]
     if data.ndim != 3 or min(data.shape) < 1:
         raise MedinvertError(f"expected a volume of shape (X, Y, Z), got shape {tuple(data.shape)}", path=source)
     data = data.to(torch.float32).contiguous()
