@@ -34,12 +34,17 @@ Recipe (the one that produced medinvert/models/weights/*.pt; wall times in docs/
    1.5-3 dB at 20 (docs/models.md, session 8);
    then ``--small3-steps`` more with 40 added to the counts and 32x32 crops added to the crop cycle
    (small matrices such as nibabel's 33x41 ``anatomical.nii``);
-9. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
+9. for the modalities in ``--deepen`` (t1 since session 10): the network deepened to two residual blocks
+   per level (``--blocks-per-level 2``; `medinvert.train.loop.deepened_state` starts it as exactly the
+   same function), then ``--deep-steps`` and ``--deep-more-steps`` more as in step 8 (docs/models.md,
+   session 10);
+10. export: EMA weights, Lipschitz numbers recorded, optimizer state dropped.
 
     python recipes/train_all_modalities.py [--data sample_data] [--work runs] [--base-steps 1500]
         [--long-steps 10000] [--context-steps 1500] [--dim 2d] [--nproc 2] [--finetune-steps 300]
         [--small-steps 800] [--small-more-steps 1600] [--tv-steps 3000] [--unrolled-steps 3000]
-        [--bdia-steps 800] [--multistep-steps 1500] [--small3-steps 2000] [--install]
+        [--bdia-steps 800] [--multistep-steps 1500] [--small3-steps 2000] [--deepen t1]
+        [--deep-steps 3000] [--deep-more-steps 2400] [--install]
         # --install copies into the package
 """
 
@@ -101,6 +106,10 @@ def main() -> None:
                         help="then steps with the loss unrolled through BDIA at 5, 10 or 20 sampling steps (0 skips them)")
     parser.add_argument("--small3-steps", type=int, default=2000,
                         help="then steps through BDIA at 5, 10, 20 or 40 sampling steps with crops 96 / 48 / 32 (0 skips them)")
+    parser.add_argument("--deepen", nargs="*", default=["t1"], choices=MODALITIES,
+                        help="modalities whose network is then deepened to 2 blocks per level (step 9)")
+    parser.add_argument("--deep-steps", type=int, default=3000, help="first deepened stage (lr 8e-5)")
+    parser.add_argument("--deep-more-steps", type=int, default=2400, help="second deepened stage (lr 4e-5)")
     parser.add_argument("--install", action="store_true", help="copy the exported models into the package")
     args = parser.parse_args()
     work = Path(args.work)
@@ -169,6 +178,19 @@ def main() -> None:
                              "--crop", "96", "--extra-crops", *extra_crops, "--batch-size", "6",
                              "--checkpoint-every", every])
                     tuned = unrolled
+                if modality in args.deepen:  # step 9: two residual blocks per level, grown from identities
+                    for name, steps, lr, seed, every in (("deep", args.deep_steps, "8e-5", 91, "250"),
+                                                         ("deep2", args.deep_more_steps, "4e-5", 92, "200")):
+                        deep = work / f"{modality}_{args.dim}_{name}.pt"
+                        if steps > 0 and not deep.exists():
+                            run(["train", args.data, "--modality", modality, "--init", str(tuned),
+                                 "--blocks-per-level", "2", "--guess", "cs_tv", "--unrolled-weight", "1",
+                                 "--unrolled-method", "bdia", "--unrolled-steps", "5", "10", "20", "40",
+                                 "--steps", str(steps), "--lr", lr, "--warmup", "20",
+                                 "--seed", str(seed + MODALITIES.index(modality)), "--out", str(deep), *shape,
+                                 *COMMON, "--crop", "96", "--extra-crops", "48", "32", "--batch-size", "6",
+                                 "--checkpoint-every", every])
+                        tuned = deep if deep.exists() else tuned
         exported = export_for_inference(tuned, work / f"{modality}_{args.dim}_export.pt")
         print(f"exported {exported} ({exported.stat().st_size / 2**20:.1f} MiB)", flush=True)
         if args.install:
