@@ -189,7 +189,8 @@ def test_losslessly_compressed_series_loads_like_the_original(dicom_series, tmp_
     compressed.mkdir()
     for path in dicom_series.files:
         _transcode(path, compressed / path.name, syntax)
-    assert pydicom.dcmread(compressed / dicom_series.files[0].name).file_meta.TransferSyntaxUID == LOSSLESS_SYNTAXES[syntax]
+    syntax_uid = pydicom.dcmread(compressed / dicom_series.files[0].name).file_meta.TransferSyntaxUID
+    assert syntax_uid == LOSSLESS_SYNTAXES[syntax]
     volume, original = load_volume(compressed), load_volume(dicom_series.folder)
     assert np.array_equal(volume.numpy(), dicom_series.expected_volume)
     assert np.array_equal(volume.affine.numpy(), original.affine.numpy())

@@ -207,8 +207,9 @@ def save_volume(volume: Any, path: str | Path, *, reference: Any = None, dtype: 
     Affine: ``volume.affine`` when it has one, else ``reference.affine``, else the identity.
     Header: the original NIfTI header of ``volume`` (``meta["nifti_header"]``), else that of
     ``reference`` (without either, a new header whose qform / sform codes are those MONAI's
-    ``NibabelReader`` puts in the meta data, non-zero ones kept, else 1); its descriptive fields (units, intent, description) are kept, scaling and display
-    range are reset because the data are new.  When the affine is unchanged from that header's own
+    ``NibabelReader`` puts in the meta data, non-zero ones kept, else 1); its descriptive fields
+    (units, intent, description) are kept, scaling and display range are reset because the data are new.
+    When the affine is unchanged from that header's own
     (``header.get_best_affine()``), the qform and sform fields and codes are kept verbatim, so a load ->
     save round trip reproduces them bit for bit (a header with both codes 0 stays so: its affine comes
     from pixdim, and writing code 1 would claim a scanner space it never had).  Otherwise both

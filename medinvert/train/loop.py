@@ -287,7 +287,8 @@ def deepened_state(source: dict[str, torch.Tensor], model: LipschitzUNet) -> dic
     ``source`` lacks keeps ``model``'s random ``conv1`` but gets a zero ``conv2`` (its FiLM starts at
     zero anyway), so ``x + conv2(...) = x``: the deeper network computes exactly the source's function
     and training grows the new blocks from there (function-preserving deepening, Net2DeeperNet of Chen
-    et al. 2016, with zero-initialised residual branches as in Bachlechner et al. 2020, ReZero).  Shapes ``(C, C, 3, 3)`` / ``(C,)`` are those of `medinvert.models.layers.ResidualBlock`.
+    et al. 2016, with zero-initialised residual branches as in Bachlechner et al. 2020, ReZero).  Block
+    weights are those of `medinvert.models.layers.ResidualBlock`: ``conv* (C, C, 3, 3)`` and ``(C,)``.
     """
     state = model.state_dict()
     deepened = {}
