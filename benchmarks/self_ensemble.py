@@ -17,6 +17,7 @@ the mean and spread over ``--seeds`` masks of the PSNR gain over CS-TV on the ni
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -65,8 +66,7 @@ class SymmetrisedNetwork(nn.Module):
 
 
 def symmetrised(resolved: ResolvedNetwork, group: str) -> ResolvedNetwork:
-    import dataclasses
-
+    """``resolved`` with its network averaged over the group named ``group`` (`GROUPS`)."""
     return dataclasses.replace(resolved, net=SymmetrisedNetwork(resolved.net, GROUPS[group]).eval())
 
 

@@ -43,10 +43,11 @@ def _trained_like(net: LipschitzUNet) -> LipschitzUNet:
     return net
 
 
-@pytest.mark.parametrize(("blocks", "mid"), [(2, 1), (1, 3), (3, 2)])
-def test_a_deepened_network_computes_exactly_the_source_function(blocks: int, mid: int):
-    source = _trained_like(_net(0))
-    deep = _net(1, blocks_per_level=blocks, mid_blocks=mid)
+@pytest.mark.parametrize(("blocks", "mid", "block"), [(2, 1, "residual"), (1, 3, "residual"), (3, 2, "residual"),
+                                                      (2, 2, "coupling")])
+def test_a_deepened_network_computes_exactly_the_source_function(blocks: int, mid: int, block: str):
+    source = _trained_like(_net(0, block=block))
+    deep = _net(1, blocks_per_level=blocks, mid_blocks=mid, block=block)
     initial = {"config": {"architecture": source.config}, "ema_state": source.state_dict(), "state_dict": {}}
     deep.load_state_dict(initial_state(initial, deep, "source.pt"))
     x, t, cond = _inputs()

@@ -20,7 +20,7 @@ __all__ = ["as_plain_tensor", "volume_to_slices", "slices_to_volume"]
 def as_plain_tensor(data: Any) -> torch.Tensor:
     """``data`` (numpy array, torch tensor or MONAI MetaTensor) as a plain ``torch.Tensor`` (no copy
     when possible); metadata is dropped.  Numpy arrays in a non-native byte order are converted, and
-    unsigned integers wider than 8 bits become int64 (uint64: float64), exactly."""
+    unsigned integers wider than 8 bits become the next wider signed type (uint64: float64), exactly."""
     if isinstance(data, torch.Tensor):
         return data.as_subclass(torch.Tensor) if type(data) is not torch.Tensor else data
     array = np.asarray(data)
@@ -29,7 +29,7 @@ def as_plain_tensor(data: Any) -> torch.Tensor:
     if not array.dtype.isnative:  # big-endian files: np.asarray(nibabel_image.dataobj) keeps ">i2"
         array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype.kind == "u" and array.dtype.itemsize > 1:  # DICOM's uint16: torch has few unsigned ops
-        array = array.astype(np.int64 if array.dtype.itemsize <= 4 else np.float64)
+        array = array.astype({2: np.int32, 4: np.int64}.get(array.dtype.itemsize, np.float64))
     return torch.as_tensor(array)
 
 

@@ -287,8 +287,9 @@ def deepened_state(source: dict[str, torch.Tensor], model: LipschitzUNet) -> dic
     ``source`` lacks keeps ``model``'s random ``conv1`` but gets a zero ``conv2`` (its FiLM starts at
     zero anyway), so ``x + conv2(...) = x``: the deeper network computes exactly the source's function
     and training grows the new blocks from there (function-preserving deepening, Net2DeeperNet of Chen
-    et al. 2016, with zero-initialised residual branches as in Bachlechner et al. 2020, ReZero).  Block
-    weights are those of `medinvert.models.layers.ResidualBlock`: ``conv* (C, C, 3, 3)`` and ``(C,)``.
+    et al. 2016, with zero-initialised residual branches as in Bachlechner et al. 2020, ReZero).  Both
+    block kinds of `medinvert.models.layers` end in ``conv2`` (`ResidualBlock`: ``x + conv2(...)``;
+    `AdditiveCouplingBlock`: ``x2 + conv2(...)``), so a zero ``conv2`` makes either the identity.
     """
     state = model.state_dict()
     deepened = {}
